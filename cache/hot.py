@@ -1,0 +1,100 @@
+"""The hot cache: a Redis hash of every active contract, swapped in whole after each commit."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis
+
+from cache import keys
+
+HSET_CHUNK = 1_000
+
+
+def stage_entries(
+    client: redis.Redis, staged_key: str, entries: Mapping[str, bytes], keep_live: Sequence[str], ttl_s: int,
+) -> int:
+    """Build the next cache hash under staged_key; keep_live symbols keep their live entry. Returns its size."""
+    merged: dict[str, bytes] = dict(entries)
+    if keep_live:
+        live = client.hmget(keys.TOKENS, list(keep_live))
+        merged.update({s: v for s, v in zip(keep_live, live, strict=True) if isinstance(v, bytes)})
+    pipe = client.pipeline(transaction=False)
+    pipe.delete(staged_key)
+    items = list(merged.items())
+    for start in range(0, len(items), HSET_CHUNK):
+        pipe.hset(staged_key, mapping=dict(items[start:start + HSET_CHUNK]))
+    pipe.expire(staged_key, ttl_s)
+    pipe.execute()
+    return len(merged)
+
+
+def publish(client: redis.Redis, staged_key: str, revision: int, size: int) -> bool:
+    """Atomically replace the live hash with the staged one and set the version to revision.
+
+    Returns False, touching nothing, when the cache already shows this revision or a newer one.
+    """
+    with client.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(keys.VERSION, staged_key)  # type: ignore[no-untyped-call]
+                current = pipe.get(keys.VERSION)
+                if current is not None and int(current) >= revision:
+                    pipe.unwatch()
+                    return False
+                staged = bool(pipe.exists(staged_key))
+                if size and not staged:
+                    pipe.unwatch()
+                    raise LookupError(f"staged cache {staged_key} is gone (expired or flushed)")
+                pipe.multi()
+                if staged:
+                    pipe.rename(staged_key, keys.TOKENS)
+                    pipe.persist(keys.TOKENS)
+                else:
+                    pipe.delete(keys.TOKENS)
+                pipe.set(keys.VERSION, revision)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                continue
+
+
+def cache_version(client: redis.Redis) -> int | None:
+    """The revision the live cache shows, or None before the first publish."""
+    value = client.get(keys.VERSION)
+    return None if value is None else int(value)
+
+
+@dataclass(slots=True)
+class HotCache:
+    """An in-process dictionary snapshot of the Redis hash, refreshed only when the version moves."""
+
+    client: redis.Redis
+    version: int | None = None
+    _data: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def refresh(self) -> bool:
+        """Reload if the version moved; True when a new snapshot was swapped in."""
+        version = cache_version(self.client)
+        if version == self.version:
+            return False
+        pipe = self.client.pipeline(transaction=True)
+        pipe.get(keys.VERSION)
+        pipe.hgetall(keys.TOKENS)
+        raw_version, raw = pipe.execute()
+        data = {symbol.decode(): orjson.loads(value) for symbol, value in raw.items()}
+        # One assignment each: readers see the old snapshot or the new one, never a mix.
+        self._data = data
+        self.version = None if raw_version is None else int(raw_version)
+        return True
+
+    def get(self, symbol: str) -> dict[str, Any] | None:
+        """One contract from the snapshot."""
+        return self._data.get(symbol)
+
+    def all(self) -> dict[str, dict[str, Any]]:
+        """Every cached contract (the snapshot itself; do not mutate)."""
+        return self._data

@@ -1,0 +1,68 @@
+"""Celery settings, each read from the one settings object (tokenwatch.settings) with its reason.
+
+Importable on its own: ``python -m celeryconfig`` prints the effective configuration, passwords hidden.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cache.redis_client import to_kombu_url
+from tasks.names import ROUTES, SYNC, WRITE, Queue
+from tokenwatch.settings import get_settings, redact_url
+
+_settings = get_settings()
+
+# Without TOKENWATCH_REDIS_URL, workers and `celery call` use the embedded server `tokenwatch run` starts.
+redis_url = _settings.effective_redis_url()
+
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-url
+broker_url = to_kombu_url(redis_url)
+# The CLI waits on a chain's outcome: results go to the same Redis.
+result_backend = to_kombu_url(redis_url)
+# Readable, safe messages: JSON only; pickle is refused on the way in and out.
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+# Which worker consumes which queue: see tasks/names.py.
+task_routes = ROUTES
+task_default_queue = Queue.FETCH.value
+# A task runs at most this long; the soft limit lets it record why it stopped.
+task_soft_time_limit = 100
+task_time_limit = 120
+# Redis redelivers unacknowledged messages after the visibility timeout, even while the first copy runs:
+# keep it far above every time limit (https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout).
+broker_transport_options = {"visibility_timeout": 3600}
+result_backend_transport_options = {"visibility_timeout": 3600}
+# Flower needs task events, including "sent" for beat-sent and manual tasks.
+worker_send_task_events = True
+task_send_sent_event = True
+task_track_started = True
+# One message at a time per process: syncs are few and long relative to the hop.
+worker_prefetch_multiplier = 1
+# Results are small JSON outcomes; keep a day of them for `celery result` and Flower.
+result_expires = 86_400
+broker_connection_retry_on_startup = True
+timezone = "UTC"
+enable_utc = True
+# The write step acknowledges only when done, and a killed worker's message goes back to the queue.
+# Safe because a replayed write changes nothing (see db/writer.py).
+task_annotations = {WRITE: {"acks_late": True, "reject_on_worker_lost": True}}
+
+# Beat sends one sync per interval; a tick not consumed before the next is dropped, never replayed.
+beat_schedule = {
+    "sync-contracts": {
+        "task": SYNC,
+        "schedule": _settings.sync_interval_s,
+        "options": {"expires": max(_settings.sync_interval_s * 0.9, 1.0)},
+    },
+}
+# Keep the beat schedule file beside the database, not in the working directory.
+beat_schedule_filename = os.path.join(_settings.data_dir, "celerybeat-schedule")
+
+if __name__ == "__main__":
+    for name, value in sorted(globals().items()):
+        if name.islower() and not name.startswith("_") and not callable(value) and name != "os":
+            shown = redact_url(value) if isinstance(value, str) and "://" in value else value
+            print(f"{name} = {shown!r}")

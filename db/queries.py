@@ -1,0 +1,60 @@
+"""Read queries of the registry: the diff's one load, and what the CLI and bots ask for."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, desc, select
+
+from db.schema import registry_state, sync_runs, token_history, tokens
+from db.writer import TOKEN_COLUMNS
+from domain.diff import is_new
+from domain.registry import ACTIVE, DELISTED, Registry, RegistryRow
+
+_ALL_TOKENS = select(*(tokens.c[c] for c in TOKEN_COLUMNS))
+
+
+def load_registry(engine: Engine) -> Registry:
+    """Every token row and the revision, read in one transaction."""
+    with engine.connect() as conn:
+        state = conn.execute(select(registry_state.c.revision, registry_state.c.last_fetched_at)).one()
+        rows = {
+            row[0]: RegistryRow.from_row(row)
+            for row in conn.execute(_ALL_TOKENS).tuples()
+        }
+    return Registry(revision=int(state.revision), rows=rows, last_fetched_at=state.last_fetched_at)
+
+
+def list_tokens(engine: Engine, status: str, *, now_ms: int, window_ms: int) -> list[dict[str, Any]]:
+    """Tokens by status (active, delisted, new, all), newest listing first for 'new'."""
+    query = select(tokens)
+    if status in (ACTIVE, DELISTED):
+        query = query.where(tokens.c.status == status).order_by(tokens.c.symbol)
+    elif status == "new":
+        query = query.where(tokens.c.is_new.is_(True)).order_by(desc(tokens.c.first_seen))
+    elif status == "all":
+        query = query.order_by(tokens.c.symbol)
+    else:
+        raise ValueError(f"unknown status {status!r}: use active, delisted, new or all")
+    with engine.connect() as conn:
+        rows = [dict(row._mapping) for row in conn.execute(query)]
+    if status == "new":
+        # is_new is refreshed each sync; between syncs the window may already have closed.
+        rows = [r for r in rows if is_new(r["listed_at"], now_ms, window_ms)]
+    return rows
+
+
+def history(engine: Engine, symbol: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """History events, newest first, for one symbol or all."""
+    query = select(token_history).order_by(desc(token_history.c.event_time), desc(token_history.c.id))
+    if symbol:
+        query = query.where(token_history.c.symbol == symbol)
+    with engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(query.limit(limit))]
+
+
+def recent_syncs(engine: Engine, limit: int = 10) -> list[dict[str, Any]]:
+    """The last sync_runs rows, newest first."""
+    query = select(sync_runs).order_by(desc(sync_runs.c.finished_at)).limit(limit)
+    with engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]

@@ -1,0 +1,185 @@
+"""Apply a plan to the registry in one transaction: chunked upserts, delisting marks, history, sync_runs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, update
+from sqlalchemy.dialects.sqlite import insert
+from sqlalchemy.exc import OperationalError
+
+from db.schema import PHASES, registry_state, sync_runs, token_history, tokens
+from domain.contracts import METADATA_COLUMNS
+from domain.diff import COUNT_KEYS, Plan
+from domain.registry import ACTIVE, DELISTED, STATE_COLUMNS
+from tokenwatch.errors import StaleSnapshotError, WriteError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+TOKEN_COLUMNS = STATE_COLUMNS + METADATA_COLUMNS
+LOCK_RETRIES = 5
+LOCK_BACKOFF_S = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What the write did: the new revision, and whether this sync had already been applied."""
+
+    revision: int
+    duplicate: bool
+    upserted: int
+    batches: int
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _upsert_statement() -> Any:
+    stmt = insert(tokens)
+    excluded = stmt.excluded
+    updatable = [c for c in TOKEN_COLUMNS if c != "symbol"]
+    # DO UPDATE ... WHERE any column differs: a replayed or identical row costs no page write.
+    return stmt.on_conflict_do_update(
+        index_elements=[tokens.c.symbol],
+        set_={c: excluded[c] for c in updatable},
+        where=or_(*(tokens.c[c].is_distinct_from(excluded[c]) for c in updatable)),
+    )
+
+
+_UPSERT = _upsert_statement()
+_DELIST = (
+    update(tokens)
+    .where(and_(tokens.c.symbol == bindparam("b_symbol"), tokens.c.status == ACTIVE))
+    .values(status=DELISTED, delisted_at=bindparam("b_now"), is_new=False)
+)
+_HISTORY = insert(token_history).on_conflict_do_nothing(
+    index_elements=["symbol", "event_type", "sync_id"]
+)
+
+
+def sync_run_row(
+    sync_id: str, *, started_at: int, status: str, counts: Mapping[str, int],
+    timings: Mapping[str, float], error: str | None = None, revision: int | None = None,
+) -> dict[str, Any]:
+    """A sync_runs row from an outcome's parts."""
+    row: dict[str, Any] = {
+        "sync_id": sync_id, "started_at": started_at, "finished_at": int(time.time() * 1000),
+        "status": status, "error": error, "revision": revision,
+    }
+    row.update({key: int(counts.get(key, 0)) for key in COUNT_KEYS})
+    row.update({f"{phase}_ms": timings.get(phase) for phase in PHASES})
+    return row
+
+
+def _apply(
+    conn: Connection, plan: Plan, batch_size: int, started_at: int, timings: Mapping[str, float],
+) -> WriteResult:
+    state = conn.execute(select(registry_state.c.revision)).one()
+    done = conn.execute(
+        select(sync_runs.c.revision)
+        .where(sync_runs.c.sync_id == plan.sync_id, sync_runs.c.revision.is_not(None))
+    ).first()
+    if done is not None:
+        # A redelivered message: the first delivery committed; change nothing.
+        return WriteResult(revision=int(done.revision), duplicate=True, upserted=0, batches=0)
+    if state.revision != plan.base_revision:
+        raise StaleSnapshotError(
+            f"plan built on revision {plan.base_revision}, registry is at {state.revision}"
+        )
+    batches = 0
+    for chunk in _chunks(plan.upserts, batch_size):
+        conn.execute(_UPSERT, [dict(zip(TOKEN_COLUMNS, row.as_row(), strict=True)) for row in chunk])
+        batches += 1
+    for symbols in _chunks(plan.delist, batch_size):
+        conn.execute(_DELIST, [{"b_symbol": s, "b_now": plan.now_ms} for s in symbols])
+        batches += 1
+    # One statement refreshes last_seen of everything the snapshot held; absent-but-kept rows keep theirs.
+    seen = update(tokens).where(and_(tokens.c.status == ACTIVE, tokens.c.last_seen < plan.now_ms))
+    if plan.missing:
+        seen = seen.where(tokens.c.symbol.not_in(plan.missing))
+    conn.execute(seen.values(last_seen=plan.now_ms))
+    events = [
+        {"symbol": e.symbol, "event_type": e.event_type, "event_time": plan.now_ms, "sync_id": plan.sync_id,
+         "details": e.details}
+        for e in plan.events
+    ]
+    for rows in _chunks(events, batch_size):
+        conn.execute(_HISTORY, list(rows))
+        batches += 1
+    revision = int(state.revision) + 1
+    conn.execute(
+        update(registry_state).where(registry_state.c.id == 1)
+        .values(revision=revision, last_sync_id=plan.sync_id, last_fetched_at=plan.now_ms)
+    )
+    conn.execute(sync_runs.insert().values(sync_run_row(
+        plan.sync_id, started_at=started_at, status=plan.status, counts=plan.counts, timings=timings,
+        error=plan.warning, revision=revision,
+    )))
+    return WriteResult(revision=revision, duplicate=False, upserted=len(plan.upserts), batches=batches)
+
+
+def is_locked_error(exc: BaseException) -> bool:
+    """True for SQLite's 'database is locked' / 'database is busy'."""
+    message = str(getattr(exc, "orig", exc)).lower()
+    return "database is locked" in message or "database is busy" in message
+
+
+def with_lock_retry(action: Callable[[], T], retries: int = LOCK_RETRIES) -> T:
+    """Run action, retrying 'database is locked' with bounded exponential backoff."""
+    for attempt in range(retries + 1):
+        try:
+            return action()
+        except OperationalError as exc:
+            if not is_locked_error(exc) or attempt == retries:
+                raise
+            delay = LOCK_BACKOFF_S * 2**attempt
+            log.warning("database is locked, retrying in %.2f s (attempt %d of %d)", delay, attempt + 1, retries)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def apply_plan(
+    engine: Engine, plan: Plan, *, batch_size: int, started_at: int, timings: Mapping[str, float],
+) -> WriteResult:
+    """Commit the whole plan or nothing; WriteError (or StaleSnapshotError) says why it did not."""
+
+    def attempt() -> WriteResult:
+        with engine.begin() as conn:
+            return _apply(conn, plan, batch_size, started_at, timings)
+
+    try:
+        return with_lock_retry(attempt)
+    except StaleSnapshotError:
+        raise
+    except OperationalError as exc:
+        reason = "database is locked" if is_locked_error(exc) else str(exc.orig).splitlines()[0]
+        raise WriteError(f"registry write failed and was rolled back: {reason}") from exc
+
+
+def record_outcome(engine: Engine, row: Mapping[str, Any]) -> None:
+    """Insert or complete a sync_runs row (a failed or skipped sync, or the cache timing of a good one)."""
+    stmt = insert(sync_runs).values(dict(row))
+    keep = {"sync_id", "started_at", "revision"}
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[sync_runs.c.sync_id],
+        set_={c: stmt.excluded[c] for c in row if c not in keep},
+    )
+    with_lock_retry(lambda: _execute(engine, stmt))
+
+
+def _execute(engine: Engine, stmt: Any) -> None:
+    with engine.begin() as conn:
+        conn.execute(stmt)
+
+
+def revision(engine: Engine) -> int:
+    """The registry's current revision."""
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.max(registry_state.c.revision))).scalar_one() or 0)

@@ -1,0 +1,70 @@
+"""The registry's state as the diff sees it: one row per symbol ever seen, loaded once per sync."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from domain.contracts import Meta
+
+ACTIVE = "active"
+DELISTED = "delisted"
+
+# Columns of the tokens table in row order; metadata columns follow (domain.contracts.METADATA_COLUMNS).
+STATE_COLUMNS: tuple[str, ...] = (
+    "symbol", "status", "contract_status", "is_new", "listed_at", "first_seen", "last_seen", "delisted_at",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryRow:
+    """One token as stored: lifecycle fields and normalised listing metadata."""
+
+    symbol: str
+    status: str
+    contract_status: str
+    is_new: bool
+    listed_at: int | None
+    first_seen: int
+    last_seen: int
+    delisted_at: int | None
+    meta: Meta
+
+    def as_row(self) -> tuple[object, ...]:
+        """The row in tokens-table column order."""
+        return (
+            self.symbol, self.status, self.contract_status, int(self.is_new), self.listed_at,
+            self.first_seen, self.last_seen, self.delisted_at, *self.meta,
+        )
+
+    @classmethod
+    def from_row(cls, row: tuple[object, ...] | list[object]) -> RegistryRow:
+        """Rebuild from a row in tokens-table column order."""
+        symbol, status, contract_status, is_new, listed_at, first_seen, last_seen, delisted_at = row[:8]
+        return cls(
+            symbol=str(symbol), status=str(status), contract_status=str(contract_status),
+            is_new=bool(is_new), listed_at=_opt_int(listed_at), first_seen=_int(first_seen),
+            last_seen=_int(last_seen), delisted_at=_opt_int(delisted_at), meta=tuple(row[8:]),
+        )
+
+
+def _int(value: object) -> int:
+    if isinstance(value, int | float | str):
+        return int(value)
+    raise TypeError(f"expected an integer, got {type(value).__name__}")
+
+
+def _opt_int(value: object) -> int | None:
+    return None if value is None else _int(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Registry:
+    """All rows by symbol, tagged with the revision they were read at."""
+
+    revision: int
+    rows: dict[str, RegistryRow]
+    last_fetched_at: int | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not self.rows

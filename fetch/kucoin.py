@@ -1,0 +1,181 @@
+"""KuCoin futures REST client: one pooled session per process, timeouts always, envelopes checked."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import requests
+from requests.adapters import HTTPAdapter
+
+from tokenwatch.errors import BadResponseError, FetchError, TransientFetchError
+
+log = logging.getLogger(__name__)
+
+ACTIVE_PATH = "/api/v1/contracts/active"
+CONTRACT_PATH = "/api/v1/contracts/{symbol}"
+OK_CODE = "200000"
+RATE_LIMIT_CODE = "429000"
+MAX_RETRY_AFTER_S = 30.0
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 8.0
+_CHUNK = 256 * 1024
+
+_sessions: dict[int, requests.Session] = {}
+
+
+def session() -> requests.Session:
+    """This process's pooled HTTP session (made after fork, never shared across processes)."""
+    pid = os.getpid()
+    current = _sessions.get(pid)
+    if current is None:
+        current = requests.Session()
+        current.headers["Accept"] = "application/json"
+        current.headers["User-Agent"] = "tokenwatch/0.1"
+        current.mount("http://", HTTPAdapter(pool_connections=2, pool_maxsize=4))
+        current.mount("https://", HTTPAdapter(pool_connections=2, pool_maxsize=4))
+        _sessions.clear()
+        _sessions[pid] = current
+    return current
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """The data of a successful call, its size and how long it took."""
+
+    data: Any
+    body: bytes
+    fetched_at_ms: int
+    elapsed_ms: float
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    reset_ms = response.headers.get("gw-ratelimit-reset")
+    retry_after = response.headers.get("Retry-After")
+    try:
+        if reset_ms is not None:
+            return min(max(float(reset_ms) / 1000.0, 0.0), MAX_RETRY_AFTER_S)
+        if retry_after is not None:
+            return min(max(float(retry_after), 0.0), MAX_RETRY_AFTER_S)
+    except ValueError:
+        return None
+    return None
+
+
+def _read_body(response: requests.Response, max_bytes: int) -> bytes:
+    declared = response.headers.get("Content-Length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise BadResponseError(f"response of {int(declared)} bytes exceeds the {max_bytes}-byte bound")
+    parts: list[bytes] = []
+    size = 0
+    try:
+        for part in response.iter_content(_CHUNK):
+            size += len(part)
+            if size > max_bytes:
+                raise BadResponseError(f"response exceeds the {max_bytes}-byte bound")
+            parts.append(part)
+    except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as exc:
+        raise BadResponseError(f"truncated response body after {size} bytes") from exc
+    except requests.exceptions.ConnectionError as exc:
+        raise BadResponseError(f"connection dropped after {size} bytes of the body") from exc
+    body = b"".join(parts)
+    if declared is not None and declared.isdigit() and len(body) < int(declared):
+        raise BadResponseError(f"truncated response body: {len(body)} of {declared} bytes")
+    return body
+
+
+def _describe(body: bytes) -> str:
+    head = body[:200].lstrip().lower()
+    if head.startswith((b"<!doctype", b"<html")) or b"<html" in head:
+        return "an HTML page"
+    return f"{len(body)} bytes that are not JSON"
+
+
+def get_json(url: str, *, timeout_s: float, max_bytes: int) -> Fetched:
+    """One GET of a KuCoin endpoint: the envelope's data, or a FetchError that says why in one line."""
+    started = time.perf_counter()
+    fetched_at_ms = int(time.time() * 1000)
+    try:
+        response = session().get(url, timeout=(min(timeout_s, 5.0), timeout_s), stream=True)
+    except requests.exceptions.Timeout as exc:
+        raise TransientFetchError(f"timeout after {timeout_s:g} s") from exc
+    except requests.exceptions.ConnectionError as exc:
+        raise TransientFetchError("connection failed") from exc
+    with response:
+        status = response.status_code
+        if status == 429 or status >= 500:
+            raise TransientFetchError(f"HTTP {status}", retry_after_s=_retry_after(response))
+        try:
+            body = _read_body(response, max_bytes)
+        except requests.exceptions.Timeout as exc:
+            raise TransientFetchError(f"timeout reading the body after {timeout_s:g} s") from exc
+    try:
+        envelope = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadResponseError(f"HTTP {status} with {_describe(body)}") from None
+    if not isinstance(envelope, dict):
+        raise BadResponseError(f"HTTP {status} with a JSON {type(envelope).__name__}, expected an object")
+    code = str(envelope.get("code"))
+    if code != OK_CODE:
+        msg = str(envelope.get("msg", ""))[:120].encode("unicode_escape").decode("ascii")
+        if code == RATE_LIMIT_CODE:
+            raise TransientFetchError(f"rate limited (code {code})", retry_after_s=_retry_after(response))
+        raise BadResponseError(f"HTTP {status} with error code {code[:20]!r}: {msg}")
+    if status != 200:
+        raise BadResponseError(f"HTTP {status}")
+    return Fetched(
+        data=envelope.get("data"), body=body, fetched_at_ms=fetched_at_ms,
+        elapsed_ms=(time.perf_counter() - started) * 1000.0,
+    )
+
+
+def backoff_delay(attempt: int, retry_after_s: float | None = None) -> float:
+    """Exponential backoff with full jitter, bounded; a server's own hint wins when it gives one."""
+    if retry_after_s is not None:
+        return retry_after_s + random.uniform(0, 0.1)
+    return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
+
+
+def fetch_active(base_url: str, *, timeout_s: float, max_bytes: int) -> Fetched:
+    """One call of the active-contracts endpoint; data is checked to be a list."""
+    fetched = get_json(base_url + ACTIVE_PATH, timeout_s=timeout_s, max_bytes=max_bytes)
+    if not isinstance(fetched.data, list):
+        raise BadResponseError(f"data is a {type(fetched.data).__name__}, expected a list of contracts")
+    return fetched
+
+
+def fetch_with_retries(
+    call: Callable[[], Fetched], *, retries: int, sleep: Callable[[float], None] = time.sleep,
+) -> Fetched:
+    """Run call, retrying transient failures with backoff; the last error is raised as is."""
+    for attempt in range(retries + 1):
+        try:
+            return call()
+        except TransientFetchError as exc:
+            if attempt == retries:
+                raise
+            delay = backoff_delay(attempt, exc.retry_after_s)
+            log.warning("fetch failed (%s), retry %d of %d in %.1f s", exc, attempt + 1, retries, delay)
+            sleep(delay)
+    raise FetchError("unreachable")
+
+
+def contract_status(base_url: str, symbol: str, *, timeout_s: float) -> str | None:
+    """The contract's status from the single-contract endpoint; None when the exchange says it is gone."""
+    try:
+        fetched = get_json(base_url + CONTRACT_PATH.format(symbol=symbol), timeout_s=timeout_s, max_bytes=1 << 20)
+    except BadResponseError as exc:
+        if "error code" in str(exc):
+            return None
+        raise
+    data = fetched.data
+    if not isinstance(data, dict):
+        return None
+    status = data.get("status")
+    return status if isinstance(status, str) else None

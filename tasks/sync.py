@@ -1,0 +1,125 @@
+"""The sync's Celery tasks: thin wrappers that hand staged data along and call tokenwatch.pipeline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import redis
+from celery import Task, chain
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.utils.log import get_task_logger
+
+from cache import keys, staging
+from cache.redis_client import get_redis
+from domain.diff import Plan
+from fetch import kucoin
+from tasks.names import DIFF, FETCH, SYNC, WRITE
+from tokenwatch import pipeline
+from tokenwatch.errors import StaleSnapshotError, TokenwatchError, TransientFetchError
+from tokenwatch.settings import get_settings
+from workers.app import app
+
+log = get_task_logger(__name__)
+
+Meta = dict[str, Any]
+
+
+def _redis() -> redis.Redis:
+    return get_redis(get_settings().effective_redis_url())
+
+
+def _failed(meta: Meta, status: str, error: str) -> Meta:
+    return {**meta, "status": status, "error": error}
+
+
+def sync_chain(sync_id: str | None = None) -> Any:
+    """The signature of one sync: fetch → diff-and-build → batch-write."""
+    return chain(fetch_contracts.s(sync_id), diff_and_build.s(), write_batch.s())
+
+
+@app.task(name=SYNC, ignore_result=True)
+def sync() -> str:
+    """Start one sync (what beat and `celery call tokenwatch.sync` trigger); returns its sync id."""
+    sync_id = pipeline.new_sync_id()
+    sync_chain(sync_id).apply_async()
+    return sync_id
+
+
+@app.task(name=FETCH, bind=True, max_retries=3)
+def fetch_contracts(self: Task, sync_id: str | None = None, started_at: int | None = None) -> Meta:
+    """Fetch the active contracts and stage the raw answer in Redis; pass its key on."""
+    settings = get_settings()
+    sync_id = sync_id or pipeline.new_sync_id()
+    started_at = started_at or pipeline.now_ms()
+    meta: Meta = {"sync_id": sync_id, "started_at": started_at, "status": "running", "error": None}
+    try:
+        snapshot = pipeline.fetch_snapshot(settings, sync_id, started_at, retry=False)
+    except TransientFetchError as exc:
+        if self.request.retries < settings.http_retries:
+            delay = kucoin.backoff_delay(self.request.retries, exc.retry_after_s)
+            log.warning("fetch failed (%s), retry %d of %d in %.1f s",
+                        exc, self.request.retries + 1, settings.http_retries, delay)
+            raise self.retry(args=(sync_id, started_at), countdown=delay, exc=exc) from None
+        return _failed(meta, "failed", f"fetch failed after {settings.http_retries} retries: {exc}")
+    except TokenwatchError as exc:
+        return _failed(meta, "failed", f"fetch failed: {pipeline.one_line(exc)}")
+    key = keys.snapshot_key(sync_id)
+    try:
+        staging.put(_redis(), key, snapshot.body, settings.staging_ttl_s)
+    except redis.RedisError as exc:
+        return _failed(meta, "failed", f"could not stage the snapshot in Redis: {pipeline.one_line(exc)}")
+    return {**meta, "snapshot_key": key, "fetched_at_ms": snapshot.fetched_at_ms, "api_ms": snapshot.api_ms}
+
+
+@app.task(name=DIFF)
+def diff_and_build(meta: Meta) -> Meta:
+    """Classify the staged snapshot against the registry; stage the plan and the next cache."""
+    if meta["status"] != "running":
+        return meta
+    settings = get_settings()
+    client = _redis()
+    try:
+        body = staging.take(client, meta["snapshot_key"])
+        snapshot = pipeline.Snapshot(
+            meta["sync_id"], meta["started_at"], meta["fetched_at_ms"], body, meta["api_ms"],
+        )
+        built = pipeline.build(settings, snapshot, client)
+        timer = pipeline.Timer()
+        size = pipeline.stage_cache(settings, client, built)
+        built.timings["cache"] = timer.ms()
+        staging.put(client, keys.plan_key(meta["sync_id"]), orjson.dumps(built.plan.to_json()),
+                    settings.staging_ttl_s)
+        client.delete(meta["snapshot_key"])
+    except StaleSnapshotError as exc:
+        return _failed(meta, "skipped", pipeline.one_line(exc))
+    except (TokenwatchError, redis.RedisError, SoftTimeLimitExceeded) as exc:
+        return _failed(meta, "failed", f"diff failed: {pipeline.one_line(exc)}")
+    return {**meta, "plan_key": keys.plan_key(meta["sync_id"]), "cache_size": size, "timings": built.timings}
+
+
+@app.task(name=WRITE)
+def write_batch(meta: Meta) -> dict[str, Any]:
+    """Commit the staged plan in one transaction, then swap the staged cache in; returns the outcome."""
+    settings = get_settings()
+    sync_id, started_at = meta["sync_id"], meta["started_at"]
+    timings: dict[str, float] = dict(meta.get("timings") or {})
+    if meta["status"] != "running":
+        return pipeline.fail(settings, sync_id, started_at, meta["status"], meta["error"], timings).to_json()
+    client = _redis()
+    try:
+        plan = Plan.from_json(orjson.loads(staging.take(client, meta["plan_key"])))
+        result = pipeline.write(settings, plan, started_at, timings)
+    except StaleSnapshotError as exc:
+        return pipeline.fail(settings, sync_id, started_at, "skipped", pipeline.one_line(exc), timings).to_json()
+    except (TokenwatchError, redis.RedisError) as exc:
+        return pipeline.fail(settings, sync_id, started_at, "failed", pipeline.one_line(exc), timings).to_json()
+    cache_error = None
+    timer = pipeline.Timer()
+    try:
+        pipeline.publish_cache(client, sync_id, result.revision, meta["cache_size"])
+        client.delete(meta["plan_key"])
+    except (redis.RedisError, LookupError) as exc:
+        cache_error = f"cache stale: {pipeline.one_line(exc)}"
+    timings["cache"] = timings.get("cache", 0.0) + timer.ms()
+    return pipeline.finish(settings, plan, result, started_at, timings, cache_error).to_json()

@@ -1,0 +1,186 @@
+"""The `tokenwatch` command: run, sync, tokens, history, simulate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+
+from tokenwatch.errors import TokenwatchError
+from tokenwatch.settings import Settings, get_settings
+
+log = logging.getLogger("tokenwatch")
+
+
+def _configure_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr,
+    )
+
+
+def _iso(ms: Any) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(int(ms) / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, default=str, sort_keys=False))
+
+
+def _redis_or_none(settings: Settings) -> redis.Redis | None:
+    from cache.redis_client import get_redis  # noqa: PLC0415 - keep `tokenwatch --help` fast
+
+    client = get_redis(settings.effective_redis_url())
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        log.warning("Redis unreachable (%s): the hot cache will not be updated", type(exc).__name__)
+        return None
+    return client
+
+
+def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
+    from tokenwatch.runner import Runner  # noqa: PLC0415
+
+    return Runner(settings).run()
+
+
+def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
+    from tokenwatch import pipeline  # noqa: PLC0415
+
+    if args.inline:
+        outcome = pipeline.sync_inline(settings, _redis_or_none(settings))
+    else:
+        outcome = _sync_through_broker(settings, args.timeout)
+    if args.json:
+        _print_json(outcome.to_json())
+    else:
+        t = outcome.timings_ms
+        print(f"sync {outcome.sync_id}: {outcome.status} in {t.get('total', 0):.1f} ms")
+        print("  " + ", ".join(f"{k} {v}" for k, v in outcome.counts.items()))
+        if outcome.error:
+            print(f"  {outcome.error}")
+    return 1 if outcome.status == "failed" else 0
+
+
+def _sync_through_broker(settings: Settings, timeout_s: float) -> Any:
+    from celery.exceptions import TimeoutError as CeleryTimeout  # noqa: PLC0415
+
+    from tasks.sync import sync_chain  # noqa: PLC0415
+    from tokenwatch import pipeline  # noqa: PLC0415
+
+    sync_id, started_at = pipeline.new_sync_id(), pipeline.now_ms()
+    try:
+        result = sync_chain(sync_id).apply_async(expires=timeout_s)
+        payload = result.get(timeout=timeout_s, propagate=True)
+    except CeleryTimeout:
+        error = f"no outcome within {timeout_s:g} s: is a worker running (tokenwatch run)?"
+        return pipeline.Outcome(sync_id, "failed", error=error, timings_ms={"total": float(timeout_s * 1000)})
+    except (redis.RedisError, OSError) as exc:
+        error = f"broker unreachable ({type(exc).__name__}): start tokenwatch run, or use --inline"
+        return pipeline.Outcome(sync_id, "failed", error=error)
+    except Exception as exc:  # a task raised: its message is the operator's one line
+        return pipeline.Outcome(sync_id, "failed", error=pipeline.one_line(exc))
+    _ = started_at
+    return pipeline.Outcome.from_json(payload)
+
+
+def cmd_tokens(settings: Settings, args: argparse.Namespace) -> int:
+    from db.engine import get_engine  # noqa: PLC0415
+    from db.queries import list_tokens  # noqa: PLC0415
+    from tokenwatch.pipeline import now_ms  # noqa: PLC0415
+
+    rows = list_tokens(get_engine(settings.database_url), args.status, now_ms=now_ms(),
+                       window_ms=int(settings.new_listing_window_h * 3_600_000))
+    if args.json:
+        _print_json(rows)
+        return 0
+    print(f"{'SYMBOL':<16} {'STATUS':<9} {'CONTRACT':<12} {'TYPE':<7} {'BASE':<10} {'QUOTE':<6} NEW  LISTED")
+    for r in rows:
+        print(f"{r['symbol']:<16} {r['status']:<9} {r['contract_status']:<12} {r['contract_type'] or '':<7} "
+              f"{r['base_currency'] or '':<10} {r['quote_currency'] or '':<6} {'yes' if r['is_new'] else 'no ':<4} "
+              f"{_iso(r['listed_at'])}")
+    print(f"{len(rows)} tokens")
+    return 0
+
+
+def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
+    from db.engine import get_engine  # noqa: PLC0415
+    from db.queries import history  # noqa: PLC0415
+
+    rows = history(get_engine(settings.database_url), args.symbol, args.limit)
+    if args.json:
+        _print_json(rows)
+        return 0
+    for r in rows:
+        print(f"{_iso(r['event_time'])}  {r['symbol']:<16} {r['event_type']:<20} "
+              f"{json.dumps(r['details'], sort_keys=True)}")
+    print(f"{len(rows)} events")
+    return 0
+
+
+def cmd_simulate(_settings: Settings, args: argparse.Namespace) -> int:
+    from tokenwatch.simulator.server import serve_forever_cli  # noqa: PLC0415
+
+    serve_forever_cli(port=args.port, contracts=args.contracts, seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="tokenwatch", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="Redis (embedded if needed), a worker, beat and Flower")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sync", help="one sync now")
+    p.add_argument("--inline", action="store_true", help="run every stage in this process")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the workers' outcome")
+    p.set_defaults(func=cmd_sync)
+
+    p = sub.add_parser("tokens", help="list tokens from the registry")
+    p.add_argument("--status", choices=["active", "delisted", "new", "all"], default="active")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_tokens)
+
+    p = sub.add_parser("history", help="history events, newest first")
+    p.add_argument("symbol", nargs="?")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("simulate", help="a local KuCoin-compatible server for offline use")
+    p.add_argument("--port", type=int, default=8090)
+    p.add_argument("--contracts", type=int, default=530)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `tokenwatch` console script."""
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        settings = get_settings()
+        return int(args.func(settings, args))
+    except TokenwatchError as exc:
+        print(f"tokenwatch: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Every error tokenwatch raises on purpose.
+
+    TokenwatchError
+     ├── ConfigError          a TOKENWATCH_* variable has a bad value
+     ├── FetchError           the exchange answer could not be used
+     │    ├── TransientFetchError   timeout, connection error, 5xx, 429: worth retrying
+     │    └── BadResponseError      HTML, truncated or non-JSON body, error code, oversized body
+     ├── StagingError         a staged snapshot or plan is gone from Redis (expired or flushed)
+     ├── StaleSnapshotError   the snapshot is older than the one already applied
+     └── WriteError           the database transaction failed and was rolled back
+"""
+
+from __future__ import annotations
+
+
+class TokenwatchError(Exception):
+    """Base of all tokenwatch errors; the message is one readable line."""
+
+
+class ConfigError(TokenwatchError):
+    """A setting read from the environment is invalid."""
+
+
+class FetchError(TokenwatchError):
+    """The exchange could not give a usable contract list."""
+
+
+class TransientFetchError(FetchError):
+    """A failure that may pass: timeout, connection error, HTTP 5xx or rate limit."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class BadResponseError(FetchError):
+    """The exchange answered, but not with a usable envelope."""
+
+
+class StagingError(TokenwatchError):
+    """A staged snapshot or plan is missing from Redis."""
+
+
+class StaleSnapshotError(TokenwatchError):
+    """The snapshot is not newer than the registry's last applied one."""
+
+
+class WriteError(TokenwatchError):
+    """The registry write failed; the transaction was rolled back."""

