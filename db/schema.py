@@ -41,6 +41,7 @@ tokens = Table(
     Column("first_seen", BigInteger, nullable=False),
     Column("last_seen", BigInteger, nullable=False),
     Column("delisted_at", BigInteger),
+    Column("missing_since", BigInteger),  # absent once, check failed: the next absence confirms
     *(Column(column, _TYPES[kind]) for _, column, kind in METADATA_FIELDS),
     Index("ix_tokens_status_last_seen", "status", text("last_seen DESC")),
     Index("ix_tokens_new", text("first_seen DESC"), sqlite_where=text("is_new = 1")),

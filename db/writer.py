@@ -57,7 +57,12 @@ _UPSERT = _upsert_statement()
 _DELIST = (
     update(tokens)
     .where(and_(tokens.c.symbol == bindparam("b_symbol"), tokens.c.status == ACTIVE))
-    .values(status=DELISTED, delisted_at=bindparam("b_now"), is_new=False)
+    .values(status=DELISTED, delisted_at=bindparam("b_now"), is_new=False, missing_since=None)
+)
+_PENDING = (
+    update(tokens)
+    .where(and_(tokens.c.symbol == bindparam("b_symbol"), tokens.c.missing_since.is_(None)))
+    .values(missing_since=bindparam("b_now"))
 )
 _HISTORY = insert(token_history).on_conflict_do_nothing(
     index_elements=["symbol", "event_type", "sync_id"]
@@ -99,6 +104,9 @@ def _apply(
         batches += 1
     for symbols in _chunks(plan.delist, batch_size):
         conn.execute(_DELIST, [{"b_symbol": s, "b_now": plan.now_ms} for s in symbols])
+        batches += 1
+    for symbols in _chunks(plan.pending, batch_size):
+        conn.execute(_PENDING, [{"b_symbol": s, "b_now": plan.now_ms} for s in symbols])
         batches += 1
     # One statement refreshes last_seen of everything the snapshot held; absent-but-kept rows keep theirs.
     seen = update(tokens).where(and_(tokens.c.status == ACTIVE, tokens.c.last_seen < plan.now_ms))

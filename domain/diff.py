@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +45,8 @@ class Plan:
     delist: list[str] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
-    missing: list[str] = field(default_factory=list)  # absent but kept active (suspect snapshot)
+    missing: list[str] = field(default_factory=list)  # absent but kept active: suspect, flaky or unconfirmed
+    pending: list[str] = field(default_factory=list)  # absent, check failed: mark missing_since
     warning: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -53,7 +55,7 @@ class Plan:
             "sync_id": self.sync_id, "now_ms": self.now_ms, "base_revision": self.base_revision,
             "status": self.status, "upserts": [row.as_row() for row in self.upserts],
             "delist": self.delist, "events": [[e.symbol, e.event_type, e.details] for e in self.events],
-            "counts": self.counts, "missing": self.missing, "warning": self.warning,
+            "counts": self.counts, "missing": self.missing, "pending": self.pending, "warning": self.warning,
         }
 
     @classmethod
@@ -63,7 +65,8 @@ class Plan:
             sync_id=data["sync_id"], now_ms=int(data["now_ms"]), base_revision=int(data["base_revision"]),
             status=data["status"], upserts=[RegistryRow.from_row(r) for r in data["upserts"]],
             delist=list(data["delist"]), events=[Event(s, t, d) for s, t, d in data["events"]],
-            counts=dict(data["counts"]), missing=list(data["missing"]), warning=data.get("warning"),
+            counts=dict(data["counts"]), missing=list(data["missing"]), pending=list(data["pending"]),
+            warning=data.get("warning"),
         )
 
     def apply_to(self, registry: Registry) -> Registry:
@@ -72,17 +75,14 @@ class Plan:
         for row in self.upserts:
             rows[row.symbol] = row
         for symbol in self.delist:
-            old = rows[symbol]
-            rows[symbol] = _delisted(old, self.now_ms)
+            rows[symbol] = _delisted(rows[symbol], self.now_ms)
+        for symbol in self.pending:
+            rows[symbol] = dataclasses.replace(rows[symbol], missing_since=self.now_ms)
         return Registry(revision=registry.revision + 1, rows=rows, last_fetched_at=self.now_ms)
 
 
 def _delisted(old: RegistryRow, now_ms: int) -> RegistryRow:
-    return RegistryRow(
-        symbol=old.symbol, status=DELISTED, contract_status=old.contract_status, is_new=False,
-        listed_at=old.listed_at, first_seen=old.first_seen, last_seen=old.last_seen, delisted_at=now_ms,
-        meta=old.meta,
-    )
+    return dataclasses.replace(old, status=DELISTED, is_new=False, delisted_at=now_ms, missing_since=None)
 
 
 def is_new(listed_at: int | None, now_ms: int, window_ms: int) -> bool:
@@ -96,6 +96,13 @@ def _param_changes(old: tuple[Any, ...], new: tuple[Any, ...], skip: frozenset[i
         for i, (a, b) in enumerate(zip(old, new, strict=True))
         if a != b and i not in skip
     }
+
+
+def is_suspect(present: int, missing: int, active_before: int, max_drop_pct: float) -> bool:
+    """A snapshot is suspect when it is empty or lacks more than max_drop_pct percent of the active tokens."""
+    if active_before == 0:
+        return False
+    return present == 0 or 100.0 * missing / active_before > max_drop_pct
 
 
 def missing_symbols(contracts: Mapping[str, Contract], registry: Registry) -> list[str]:
@@ -115,10 +122,12 @@ def build_plan(
     invalid: int,
     max_drop_pct: float = 20.0,
     still_listed: Iterable[str] = (),
+    unconfirmed: Iterable[str] = (),
 ) -> Plan:
     """Classify every symbol and build the rows and events of one sync.
 
-    ``still_listed`` names missing symbols that a per-symbol check found still open: they stay active.
+    Of the missing symbols, ``still_listed`` ones were found open by a per-symbol check and stay active;
+    ``unconfirmed`` ones could not be checked and are delisted only on their second consecutive absence.
     """
     rows = registry.rows
     baseline = registry.empty
@@ -129,8 +138,8 @@ def build_plan(
     counts["fetched"] = fetched
     counts["invalid"] = invalid
 
+    suspect = is_suspect(len(contracts), len(missing), active_before, max_drop_pct)
     drop_pct = 100.0 * len(missing) / active_before if active_before else 0.0
-    suspect = active_before > 0 and (not contracts or drop_pct > max_drop_pct)
     if baseline:
         plan.status = "baseline"
     elif suspect:
@@ -140,6 +149,7 @@ def build_plan(
             f"({drop_pct:.0f}% > {max_drop_pct:g}%); nothing delisted"
         )
     keep = set(still_listed)
+    unchecked = set(unconfirmed)
     added = 0
     events = plan.events
     upserts = plan.upserts
@@ -198,17 +208,21 @@ def build_plan(
             changed = True
         if not changed:
             counts["unchanged"] += 1
-        if changed or new_flag != old.is_new or listed_at != old.listed_at:
+        if changed or new_flag != old.is_new or listed_at != old.listed_at or old.missing_since is not None:
             upserts.append(RegistryRow(
                 symbol, ACTIVE, contract.status, new_flag, listed_at, old.first_seen, now_ms, None, meta,
             ))
 
     if not suspect:
         for symbol in missing:
+            old = rows[symbol]
             if symbol in keep:
                 plan.missing.append(symbol)
                 continue
-            old = rows[symbol]
+            if symbol in unchecked and old.missing_since is None:
+                plan.missing.append(symbol)
+                plan.pending.append(symbol)
+                continue
             plan.delist.append(symbol)
             counts["delisted"] += 1
             events.append(Event(symbol, "delisted", {"last_status": old.contract_status}))

@@ -12,6 +12,7 @@ DELISTED = "delisted"
 # Columns of the tokens table in row order; metadata columns follow (domain.contracts.METADATA_COLUMNS).
 STATE_COLUMNS: tuple[str, ...] = (
     "symbol", "status", "contract_status", "is_new", "listed_at", "first_seen", "last_seen", "delisted_at",
+    "missing_since",
 )
 
 
@@ -28,22 +29,25 @@ class RegistryRow:
     last_seen: int
     delisted_at: int | None
     meta: Meta
+    # Set when the symbol was absent and the check of it failed: a second absence then confirms the delisting.
+    missing_since: int | None = None
 
     def as_row(self) -> tuple[object, ...]:
         """The row in tokens-table column order."""
         return (
             self.symbol, self.status, self.contract_status, int(self.is_new), self.listed_at,
-            self.first_seen, self.last_seen, self.delisted_at, *self.meta,
+            self.first_seen, self.last_seen, self.delisted_at, self.missing_since, *self.meta,
         )
 
     @classmethod
     def from_row(cls, row: tuple[object, ...] | list[object]) -> RegistryRow:
         """Rebuild from a row in tokens-table column order."""
-        symbol, status, contract_status, is_new, listed_at, first_seen, last_seen, delisted_at = row[:8]
+        symbol, status, contract_status, is_new, listed_at, first_seen, last_seen, delisted_at, missing = row[:9]
         return cls(
             symbol=str(symbol), status=str(status), contract_status=str(contract_status),
             is_new=bool(is_new), listed_at=_opt_int(listed_at), first_seen=_int(first_seen),
-            last_seen=_int(last_seen), delisted_at=_opt_int(delisted_at), meta=tuple(row[8:]),
+            last_seen=_int(last_seen), delisted_at=_opt_int(delisted_at), meta=tuple(row[9:]),
+            missing_since=_opt_int(missing),
         )
 
 

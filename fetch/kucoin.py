@@ -22,6 +22,8 @@ ACTIVE_PATH = "/api/v1/contracts/active"
 CONTRACT_PATH = "/api/v1/contracts/{symbol}"
 OK_CODE = "200000"
 RATE_LIMIT_CODE = "429000"
+# Codes that say "no such contract" when asking about one symbol; others (404000, 500000...) prove nothing.
+UNKNOWN_CONTRACT_CODES = frozenset({"100001", "100003", "200003", "400100"})
 MAX_RETRY_AFTER_S = 30.0
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 8.0
@@ -126,7 +128,7 @@ def get_json(url: str, *, timeout_s: float, max_bytes: int) -> Fetched:
         msg = str(envelope.get("msg", ""))[:120].encode("unicode_escape").decode("ascii")
         if code == RATE_LIMIT_CODE:
             raise TransientFetchError(f"rate limited (code {code})", retry_after_s=_retry_after(response))
-        raise BadResponseError(f"HTTP {status} with error code {code[:20]!r}: {msg}")
+        raise BadResponseError(f"HTTP {status} with error code {code[:20]!r}: {msg}", code=code[:20])
     if status != 200:
         raise BadResponseError(f"HTTP {status}")
     return Fetched(
@@ -171,7 +173,7 @@ def contract_status(base_url: str, symbol: str, *, timeout_s: float) -> str | No
     try:
         fetched = get_json(base_url + CONTRACT_PATH.format(symbol=symbol), timeout_s=timeout_s, max_bytes=1 << 20)
     except BadResponseError as exc:
-        if "error code" in str(exc):
+        if exc.code in UNKNOWN_CONTRACT_CODES:
             return None
         raise
     data = fetched.data

@@ -10,7 +10,7 @@ from celery import Task, chain
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
 
-from cache import keys, staging
+from cache import keys, lock, staging
 from cache.redis_client import get_redis
 from domain.diff import Plan
 from fetch import kucoin
@@ -54,6 +54,11 @@ def fetch_contracts(self: Task, sync_id: str | None = None, started_at: int | No
     started_at = started_at or pipeline.now_ms()
     meta: Meta = {"sync_id": sync_id, "started_at": started_at, "status": "running", "error": None}
     try:
+        if not lock.acquire(_redis(), sync_id):
+            return _failed(meta, "skipped", f"another sync ({lock.holder(_redis())}) is running")
+    except redis.RedisError as exc:
+        return _failed(meta, "failed", f"Redis unreachable: {pipeline.one_line(exc)}")
+    try:
         snapshot = pipeline.fetch_snapshot(settings, sync_id, started_at, retry=False)
     except TransientFetchError as exc:
         if self.request.retries < settings.http_retries:
@@ -80,6 +85,7 @@ def diff_and_build(meta: Meta) -> Meta:
     settings = get_settings()
     client = _redis()
     try:
+        lock.rearm(client, meta["sync_id"])
         body = staging.take(client, meta["snapshot_key"])
         snapshot = pipeline.Snapshot(
             meta["sync_id"], meta["started_at"], meta["fetched_at_ms"], body, meta["api_ms"],
@@ -101,6 +107,16 @@ def diff_and_build(meta: Meta) -> Meta:
 @app.task(name=WRITE)
 def write_batch(meta: Meta) -> dict[str, Any]:
     """Commit the staged plan in one transaction, then swap the staged cache in; returns the outcome."""
+    try:
+        return _write(meta)
+    finally:
+        try:
+            lock.release(_redis(), meta["sync_id"])
+        except redis.RedisError as exc:
+            log.warning("could not release the sync lock (it expires by itself): %s", pipeline.one_line(exc))
+
+
+def _write(meta: Meta) -> dict[str, Any]:
     settings = get_settings()
     sync_id, started_at = meta["sync_id"], meta["started_at"]
     timings: dict[str, float] = dict(meta.get("timings") or {})

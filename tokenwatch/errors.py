@@ -34,7 +34,11 @@ class TransientFetchError(FetchError):
 
 
 class BadResponseError(FetchError):
-    """The exchange answered, but not with a usable envelope."""
+    """The exchange answered, but not with a usable envelope; code is KuCoin's error code if it gave one."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class StagingError(TokenwatchError):

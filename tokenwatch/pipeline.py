@@ -17,21 +17,23 @@ from typing import Any
 import orjson
 import redis
 
-from cache import hot, keys
+from cache import hot, keys, lock
 from db.engine import get_engine
 from db.queries import load_registry
 from db.writer import WriteResult, apply_plan, record_outcome, sync_run_row
 from domain.contracts import parse_contracts
-from domain.diff import COUNT_KEYS, Plan, build_plan
+from domain.diff import COUNT_KEYS, Plan, build_plan, is_suspect, missing_symbols
 from domain.registry import Registry
 from fetch import kucoin
-from tokenwatch.errors import BadResponseError, StaleSnapshotError, TokenwatchError
+from tokenwatch.errors import BadResponseError, FetchError, StaleSnapshotError, TokenwatchError
 from tokenwatch.settings import Settings
 
 log = logging.getLogger("tokenwatch.sync")
 
 STATUSES = ("ok", "baseline", "suspect", "skipped", "failed")
 NEW_LISTINGS_LOGGED = 10
+# At most this many absent symbols are checked one by one per sync; the rest wait for a second absence.
+MAX_CONFIRMATIONS = 50
 
 
 def now_ms() -> int:
@@ -150,6 +152,23 @@ def decode_contract_list(body: bytes) -> list[Any]:
     return data
 
 
+def confirm_missing(settings: Settings, missing: list[str]) -> tuple[list[str], list[str]]:
+    """Ask the exchange about each absent symbol: (still listed and Open, could not be checked)."""
+    still_listed: list[str] = []
+    unconfirmed = list(missing[MAX_CONFIRMATIONS:])
+    for symbol in missing[:MAX_CONFIRMATIONS]:
+        try:
+            status = kucoin.contract_status(settings.kucoin_url, symbol, timeout_s=settings.http_timeout_s)
+        except FetchError as exc:
+            log.warning("could not confirm that %s is gone (%s): waiting for a second absence", symbol, exc)
+            unconfirmed.append(symbol)
+            continue
+        if status == "Open":
+            log.warning("%s was missing from the list but is still Open: a flaky omission, kept active", symbol)
+            still_listed.append(symbol)
+    return still_listed, unconfirmed
+
+
 def build(settings: Settings, snapshot: Snapshot, client: redis.Redis | None) -> Built:
     """Parse, load the registry once, classify, and build the plan and the next cache entries."""
     timer = Timer()
@@ -165,10 +184,19 @@ def build(settings: Settings, snapshot: Snapshot, client: redis.Redis | None) ->
     parsed = parse_contracts(items)
     if parsed.invalid:
         log.warning("skipped %d invalid contracts, first: %s", parsed.invalid, "; ".join(parsed.reasons))
+    missing = missing_symbols(parsed.contracts, registry)
+    active = sum(1 for row in registry.rows.values() if row.status == "active")
+    still_listed: list[str] = []
+    unconfirmed: list[str] = []
+    if missing and not is_suspect(len(parsed.contracts), len(missing), active, settings.max_drop_pct):
+        check = Timer()
+        still_listed, unconfirmed = confirm_missing(settings, missing)
+        snapshot.api_ms += check.ms()
     plan = build_plan(
         snapshot.sync_id, parsed.contracts, registry, now_ms=snapshot.fetched_at_ms,
         window_ms=int(settings.new_listing_window_h * 3_600_000), fetched=len(items),
-        invalid=parsed.invalid, max_drop_pct=settings.max_drop_pct,
+        invalid=parsed.invalid, max_drop_pct=settings.max_drop_pct, still_listed=still_listed,
+        unconfirmed=unconfirmed,
     )
     entries = {symbol: orjson.dumps(c.raw) for symbol, c in parsed.contracts.items()}
     remember_registry(plan.apply_to(registry))
@@ -272,6 +300,25 @@ def log_outcome(outcome: Outcome, plan: Plan) -> None:
 def sync_inline(settings: Settings, client: redis.Redis | None) -> Outcome:
     """One whole sync in this process; never raises for a sync-level failure."""
     sync_id, started_at = new_sync_id(), now_ms()
+    if client is not None:
+        try:
+            if not lock.acquire(client, sync_id):
+                busy = f"another sync ({lock.holder(client)}) is running"
+                return fail(settings, sync_id, started_at, "skipped", busy)
+        except redis.RedisError as exc:
+            log.warning("Redis unreachable, syncing without the lock: %s", one_line(exc))
+            client = None
+    try:
+        return _sync_inline(settings, client, sync_id, started_at)
+    finally:
+        if client is not None:
+            try:
+                lock.release(client, sync_id)
+            except redis.RedisError:
+                log.warning("could not release the sync lock; it expires by itself")
+
+
+def _sync_inline(settings: Settings, client: redis.Redis | None, sync_id: str, started_at: int) -> Outcome:
     timings: dict[str, float] = {}
     try:
         snapshot = fetch_snapshot(settings, sync_id, started_at)
