@@ -20,7 +20,7 @@ def load_registry(engine: Engine) -> Registry:
         state = conn.execute(select(registry_state.c.revision, registry_state.c.last_fetched_at)).one()
         rows = {
             row[0]: RegistryRow.from_row(row)
-            for row in conn.execute(_ALL_TOKENS).tuples()
+            for row in conn.execute(_ALL_TOKENS)
         }
     return Registry(revision=int(state.revision), rows=rows, last_fetched_at=state.last_fetched_at)
 

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects.sqlite import insert
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from db.schema import PHASES, registry_state, sync_runs, token_history, tokens
 from domain.contracts import METADATA_COLUMNS
@@ -139,8 +139,9 @@ def is_locked_error(exc: BaseException) -> bool:
     return "database is locked" in message or "database is busy" in message
 
 
-def with_lock_retry(action: Callable[[], T], retries: int = LOCK_RETRIES) -> T:
+def with_lock_retry(action: Callable[[], T], retries: int | None = None) -> T:
     """Run action, retrying 'database is locked' with bounded exponential backoff."""
+    retries = LOCK_RETRIES if retries is None else retries
     for attempt in range(retries + 1):
         try:
             return action()
@@ -166,8 +167,9 @@ def apply_plan(
         return with_lock_retry(attempt)
     except StaleSnapshotError:
         raise
-    except OperationalError as exc:
-        reason = "database is locked" if is_locked_error(exc) else str(exc.orig).splitlines()[0]
+    except DBAPIError as exc:
+        lines = str(exc.orig).splitlines()
+        reason = "database is locked" if is_locked_error(exc) else (lines[0] if lines else type(exc.orig).__name__)
         raise WriteError(f"registry write failed and was rolled back: {reason}") from exc
 
 

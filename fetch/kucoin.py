@@ -85,7 +85,10 @@ def _read_body(response: requests.Response, max_bytes: int) -> bytes:
     except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as exc:
         raise BadResponseError(f"truncated response body after {size} bytes") from exc
     except requests.exceptions.ConnectionError as exc:
-        raise BadResponseError(f"connection dropped after {size} bytes of the body") from exc
+        # requests reports a read timeout mid-body as a ConnectionError; both may pass on a retry.
+        if "timed out" in str(exc).lower():
+            raise TransientFetchError(f"timeout reading the body after {size} bytes") from exc
+        raise TransientFetchError(f"connection dropped after {size} bytes of the body") from exc
     body = b"".join(parts)
     if declared is not None and declared.isdigit() and len(body) < int(declared):
         raise BadResponseError(f"truncated response body: {len(body)} of {declared} bytes")
