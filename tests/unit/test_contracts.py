@@ -1,0 +1,280 @@
+"""parse_contract / parse_contracts: real captures parse, corrupt records are refused with safe messages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from domain.contracts import (
+    METADATA_KEYS,
+    REQUIRED,
+    InvalidContract,
+    parse_contract,
+    parse_contracts,
+)
+
+FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "fixtures" / "kucoin"
+YEAR_1900_MS = -2_208_988_800_000
+
+
+NO_FIXTURES = f"KuCoin fixture captures not found at {FIXTURES} (the shared fixtures are not checked out)"
+
+
+def kucoin_fixture_files() -> list[Path]:
+    if not FIXTURES.is_dir():
+        return []
+    return sorted(FIXTURES.glob("*.json"))
+
+
+def fixture_params() -> list[Any]:
+    """One parameter per capture, or a single skipped one that says why there are none."""
+    files = kucoin_fixture_files()
+    if not files:
+        return [pytest.param(None, marks=pytest.mark.skip(reason=NO_FIXTURES))]
+    return [pytest.param(path, id=path.name) for path in files]
+
+
+def fixture_items(path: Path) -> list[Any]:
+    """The contract objects of a capture: the data list, or the one object of contracts/{symbol}."""
+    envelope = json.loads(path.read_text(encoding="utf-8"))
+    assert envelope["code"] == "200000"
+    data = envelope["data"]
+    return data if isinstance(data, list) else [data]
+
+
+def valid_contract(**overrides: Any) -> dict[str, Any]:
+    """A complete, valid USDT perpetual shaped like KuCoin's 2025 answer."""
+    obj: dict[str, Any] = {
+        "symbol": "XBTUSDTM", "rootSymbol": "USDT", "type": "FFWCSX", "firstOpenDate": 1585555200000,
+        "expireDate": None, "settleDate": None, "baseCurrency": "XBT", "quoteCurrency": "USDT",
+        "settleCurrency": "USDT", "maxOrderQty": 1000000, "maxPrice": 1000000.0, "lotSize": 1,
+        "tickSize": 0.1, "indexPriceTickSize": 0.01, "multiplier": 0.001, "initialMargin": 0.008,
+        "maintainMargin": 0.004, "maxRiskLimit": 100000, "minRiskLimit": 100000, "riskStep": 50000,
+        "makerFeeRate": 0.0002, "takerFeeRate": 0.0006, "makerFixFee": 0.0, "takerFixFee": 0.0,
+        "isDeleverage": True, "isQuanto": True, "isInverse": False, "markMethod": "FairPrice",
+        "fairMethod": "FundingRate", "indexSymbol": ".KXBTUSDT", "status": "Open", "maxLeverage": 125,
+        "fundingRateGranularity": 28800000, "sourceExchanges": ["okex", "binance", "kucoin"],
+        "markPrice": 91000.5, "openInterest": "8724443", "supportCross": True,
+    }
+    obj.update(overrides)
+    return obj
+
+
+def assert_refused(obj: Any, *, hides: str | None = None) -> str:
+    """parse_contract refuses obj with a one-line message that never echoes `hides`; returns the message."""
+    with pytest.raises(InvalidContract) as info:
+        parse_contract(obj)
+    message = str(info.value)
+    assert message
+    assert "\n" not in message
+    if hides is not None:
+        assert hides not in message
+    # parse_contracts counts the same object as invalid instead of raising.
+    result = parse_contracts([obj])
+    assert result.invalid == 1
+    assert result.contracts == {}
+    return message
+
+
+# ---- real captures -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", fixture_params())
+def test_every_kucoin_capture_parses_without_invalid(path: Path) -> None:
+    items = fixture_items(path)
+    result = parse_contracts(items)
+    assert result.invalid == 0, result.reasons
+    assert result.reasons == ()
+    assert sorted(result.contracts) == sorted(item["symbol"] for item in items)
+    for item in items:
+        contract = result.contracts[item["symbol"]]
+        assert contract.status == item["status"]
+        assert contract.contract_type == item["type"]
+        assert contract.first_open_date == item["firstOpenDate"]
+
+
+def test_fixture_folder_holds_list_and_single_contract_captures() -> None:
+    files = kucoin_fixture_files()
+    if not files:
+        pytest.skip(NO_FIXTURES)
+    shapes = {type(json.loads(p.read_text(encoding="utf-8"))["data"]).__name__ for p in files}
+    assert shapes == {"list", "dict"}
+
+
+def test_unknown_keys_are_kept_in_raw() -> None:
+    files = kucoin_fixture_files()
+    if not files:
+        pytest.skip(NO_FIXTURES)
+    item = fixture_items(files[0])[0]
+    unknown = set(item) - set(METADATA_KEYS)
+    assert "premiumsSymbol8H" in unknown  # a key tokenwatch does not model
+    contract = parse_contract(item)
+    for key in unknown:
+        assert contract.raw[key] == item[key]
+
+
+def test_unknown_keys_of_a_future_api_version_are_kept() -> None:
+    contract = parse_contract(valid_contract(brandNewKey={"nested": [1, 2]}, anotherOne=None))
+    assert contract.raw["brandNewKey"] == {"nested": [1, 2]}
+    assert "anotherOne" in contract.raw
+
+
+# ---- required keys and types -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("key", REQUIRED)
+def test_each_missing_required_key_is_invalid(key: str) -> None:
+    obj = valid_contract()
+    del obj[key]
+    message = assert_refused(obj)
+    assert key in message
+
+
+@pytest.mark.parametrize("key", REQUIRED)
+def test_each_required_key_given_as_empty_or_null_is_invalid(key: str) -> None:
+    assert_refused(valid_contract(**{key: ""}))
+    assert_refused(valid_contract(**{key: None}))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("symbol", 12345, "symbol"),  # a number where the symbol string belongs
+        ("status", ["Open"], "status"),  # a list where a str belongs
+        ("baseCurrency", {"c": "XBT"}, "baseCurrency"),
+        ("rootSymbol", ["USDT"], "rootSymbol"),  # optional metadata key, still typed
+        ("markMethod", 7, "markMethod"),
+        ("lotSize", True, "lotSize"),  # a bool where a number belongs
+        ("tickSize", False, "tickSize"),
+        ("maxLeverage", [125], "maxLeverage"),
+        ("isInverse", "false", "isInverse"),  # a string where a bool belongs
+        ("sourceExchanges", "binance", "sourceExchanges"),
+        ("sourceExchanges", ["binance", 3], "sourceExchanges"),
+        ("firstOpenDate", "soon", "firstOpenDate"),
+        ("fundingRateGranularity", 28800000.5, "fundingRateGranularity"),
+    ],
+)
+def test_wrong_types_are_invalid(key: str, value: Any, expected: str) -> None:
+    message = assert_refused(valid_contract(**{key: value}))
+    assert expected in message
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("lotSize", -1),
+        ("lotSize", 0),
+        ("tickSize", -0.1),
+        ("maxPrice", 0),
+        ("maxOrderQty", -5),
+        ("lotSize", float("nan")),
+        ("tickSize", float("inf")),
+        ("multiplier", float("-inf")),
+        ("initialMargin", 3.5),
+        ("takerFeeRate", -2),
+        ("maxLeverage", 0),
+        ("maxLeverage", -10),
+        ("maxLeverage", 1_000_000),
+        ("maxRiskLimit", 1e30),
+        ("firstOpenDate", YEAR_1900_MS),
+        ("expireDate", 0),
+        ("settleDate", 99_999_999_999_999),  # year 5138
+    ],
+)
+def test_absurd_values_are_invalid(key: str, value: Any) -> None:
+    message = assert_refused(valid_contract(**{key: value}))
+    assert key in message
+
+
+def test_market_data_is_not_validated() -> None:
+    # Prices change every call and only feed the cache: a null or odd value must not drop the contract.
+    contract = parse_contract(valid_contract(markPrice=None, openInterest="n/a"))
+    assert contract.raw["markPrice"] is None
+    assert contract.raw["openInterest"] == "n/a"
+
+
+def test_nan_given_as_a_string_is_invalid() -> None:
+    assert "lotSize" in assert_refused(valid_contract(lotSize="NaN"), hides="NaN")
+
+
+def test_numbers_given_as_strings_are_accepted_and_normalised() -> None:
+    contract = parse_contract(valid_contract(tickSize="0.5", firstOpenDate="1585555200000"))
+    assert contract.meta[METADATA_KEYS.index("tickSize")] == 0.5
+    assert contract.first_open_date == 1585555200000
+
+
+@pytest.mark.parametrize(
+    "symbol",
+    [
+        "BTC-USDT",
+        "A" * 41,
+        "X'; DROP TABLE tokens;--",
+        "ÄÖÜUSDTM",
+        "XBT\u200bUSDTM",  # zero-width space
+        "\uff38\uff22\uff34USDTM",  # fullwidth letters XBT
+        "XBTUSDTM\n",
+        "<script>alert(1)</script>",
+    ],
+)
+def test_symbol_outside_the_pattern_is_invalid_and_not_echoed(symbol: str) -> None:
+    message = assert_refused(valid_contract(symbol=symbol), hides=symbol)
+    assert "symbol" in message
+
+
+def test_forty_character_symbol_is_the_longest_accepted() -> None:
+    assert parse_contract(valid_contract(symbol="A" * 40)).symbol == "A" * 40
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("status", "Open'; DELETE FROM tokens;--"),
+        ("type", "FF WC SX"),
+        ("quoteCurrency", "U" * 41),
+        ("settleCurrency", "ÜSDT"),
+    ],
+)
+def test_identifier_fields_outside_the_pattern_are_invalid_and_not_echoed(key: str, value: str) -> None:
+    message = assert_refused(valid_contract(**{key: value}), hides=value)
+    assert key in message
+
+
+def test_overlong_free_text_is_invalid_and_not_echoed() -> None:
+    secret = "Z" * 201
+    assert "markMethod" in assert_refused(valid_contract(markMethod=secret), hides=secret)
+
+
+# ---- lists of contracts ------------------------------------------------------------------------------------
+
+def test_duplicate_symbols_are_counted_invalid_and_the_first_kept() -> None:
+    first = valid_contract(tickSize=0.1)
+    second = valid_contract(tickSize=0.5)
+    other = valid_contract(symbol="ETHUSDTM", baseCurrency="ETH")
+    result = parse_contracts([first, other, second])
+    assert result.invalid == 1
+    assert sorted(result.contracts) == ["ETHUSDTM", "XBTUSDTM"]
+    assert result.contracts["XBTUSDTM"].raw is first
+    assert result.reasons == ("item 2: duplicate symbol XBTUSDTM",)
+
+
+def test_junk_items_never_raise_and_are_counted() -> None:
+    junk: list[Any] = [None, 1, "x", [], {}, 3.5, True, {"symbol": None}]
+    result = parse_contracts([*junk, valid_contract()])
+    assert result.invalid == len(junk)
+    assert list(result.contracts) == ["XBTUSDTM"]
+
+
+def test_reasons_are_bounded_and_name_the_item_index() -> None:
+    result = parse_contracts([None] * 10, keep_reasons=3)
+    assert result.invalid == 10
+    assert result.reasons == (
+        "item 0: contract is a NoneType, expected an object",
+        "item 1: contract is a NoneType, expected an object",
+        "item 2: contract is a NoneType, expected an object",
+    )
+
+
+def test_empty_list_parses_to_nothing() -> None:
+    result = parse_contracts([])
+    assert (result.contracts, result.invalid, result.reasons) == ({}, 0, ())
