@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from cache.redis_client import to_kombu_url
-from tasks.names import ROUTES, SYNC, WRITE, Queue
+from tasks.names import ROUTES, SYNC, Queue
 from tokenwatch.settings import get_settings, redact_url
 
 _settings = get_settings()
@@ -46,9 +46,6 @@ result_expires = 86_400
 broker_connection_retry_on_startup = True
 timezone = "UTC"
 enable_utc = True
-# The write step acknowledges only when done, and a killed worker's message goes back to the queue.
-# Safe because a replayed write changes nothing (see db/writer.py).
-task_annotations = {WRITE: {"acks_late": True, "reject_on_worker_lost": True}}
 
 # Beat sends one sync per interval; a tick not consumed before the next is dropped, never replayed.
 beat_schedule = {

@@ -104,7 +104,9 @@ def diff_and_build(meta: Meta) -> Meta:
     return {**meta, "plan_key": keys.plan_key(meta["sync_id"]), "cache_size": size, "timings": built.timings}
 
 
-@app.task(name=WRITE)
+# acks_late + reject_on_worker_lost: a write killed mid-way is redelivered, and a replay changes nothing
+# (db/writer.py checks the sync id and the base revision inside the transaction).
+@app.task(name=WRITE, acks_late=True, reject_on_worker_lost=True)
 def write_batch(meta: Meta) -> dict[str, Any]:
     """Commit the staged plan in one transaction, then swap the staged cache in; returns the outcome."""
     try:

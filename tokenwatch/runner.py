@@ -11,10 +11,12 @@ import time
 from types import FrameType
 
 from tokenwatch.embedded import EmbeddedRedis
+from tokenwatch.errors import ConfigError
 from tokenwatch.settings import ENV_PREFIX, Settings, redact_url
 
 log = logging.getLogger(__name__)
 
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 STOP_GRACE_S = 7.0  # children get this long after SIGTERM; everything is gone well within 10 s
 
 
@@ -29,8 +31,11 @@ def commands(settings: Settings) -> dict[str, list[str]]:
         "flower", f"--address={settings.flower_address}", f"--port={settings.flower_port}",
         "--max_tasks=10000", "--persistent=False",
     )
-    if settings.flower_basic_auth:
-        flower.append(f"--basic-auth={settings.flower_basic_auth}")
+    # Basic auth reaches Flower through FLOWER_BASIC_AUTH (see Runner.run), never argv, which `ps` shows.
+    if not settings.flower_basic_auth and settings.flower_address not in LOOPBACK:
+        raise ConfigError(
+            f"Flower would listen on {settings.flower_address} without a password: set TOKENWATCH_FLOWER_BASIC_AUTH"
+        )
     return {
         # One process consumes both queues: the db queue must have a single writer.
         "worker": _celery("worker", "-Q", "fetch,db", "-c", "1", "-n", "tokenwatch@%h", "-E",
@@ -64,6 +69,8 @@ class Runner:
                 self.redis = EmbeddedRedis(self.settings.embedded_socket(), self.settings.data_dir).start()
                 env[ENV_PREFIX + "REDIS_URL"] = self.redis.url
             log.info("using Redis at %s", redact_url(env.get(ENV_PREFIX + "REDIS_URL")))
+            if self.settings.flower_basic_auth:
+                env["FLOWER_BASIC_AUTH"] = self.settings.flower_basic_auth
             for name, argv in commands(self.settings).items():
                 # Own process group: a Ctrl-C reaches them through us, in order, not all at once.
                 self.children[name] = subprocess.Popen(argv, env=env, start_new_session=True)
