@@ -58,3 +58,16 @@ def recent_syncs(engine: Engine, limit: int = 10) -> list[dict[str, Any]]:
     query = select(sync_runs).order_by(desc(sync_runs.c.finished_at)).limit(limit)
     with engine.connect() as conn:
         return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def events_after(engine: Engine, after_id: int, limit: int) -> list[dict[str, Any]]:
+    """History events with id above after_id, oldest first (the outbox read)."""
+    query = select(token_history).where(token_history.c.id > after_id).order_by(token_history.c.id).limit(limit)
+    with engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(query)]
+
+
+def event_cursor(engine: Engine) -> int:
+    """The id of the last history event known to be in the stream."""
+    with engine.connect() as conn:
+        return int(conn.execute(select(registry_state.c.last_event_id)).scalar_one_or_none() or 0)

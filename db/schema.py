@@ -88,4 +88,6 @@ registry_state = Table(
     Column("revision", Integer, nullable=False),
     Column("last_sync_id", Text),
     Column("last_fetched_at", BigInteger),
+    # token_history.id of the last event appended to the Redis stream (the outbox cursor).
+    Column("last_event_id", Integer, nullable=False, server_default=text("0")),
 )

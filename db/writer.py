@@ -193,3 +193,13 @@ def revision(engine: Engine) -> int:
     """The registry's current revision."""
     with engine.connect() as conn:
         return int(conn.execute(select(func.max(registry_state.c.revision))).scalar_one() or 0)
+
+
+def set_event_cursor(engine: Engine, event_id: int) -> None:
+    """Remember the last history id appended to the stream (never moves backwards)."""
+    stmt = (
+        update(registry_state)
+        .where(registry_state.c.id == 1, registry_state.c.last_event_id < event_id)
+        .values(last_event_id=event_id)
+    )
+    with_lock_retry(lambda: _execute(engine, stmt))

@@ -139,5 +139,8 @@ def _write(meta: Meta) -> dict[str, Any]:
         client.delete(meta["plan_key"])
     except (redis.RedisError, LookupError) as exc:
         cache_error = f"cache stale: {pipeline.one_line(exc)}"
+    else:
+        # Also on a redelivered write: events committed by a first copy that died before publishing.
+        pipeline.publish_events(settings, client)
     timings["cache"] = timings.get("cache", 0.0) + timer.ms()
     return pipeline.finish(settings, plan, result, started_at, timings, cache_error).to_json()

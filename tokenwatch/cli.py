@@ -127,6 +127,42 @@ def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_events(settings: Settings, args: argparse.Namespace) -> int:
+    from cache import keys  # noqa: PLC0415
+    from cache.redis_client import get_redis  # noqa: PLC0415
+
+    client = get_redis(settings.effective_redis_url())
+
+    def text(value: Any) -> str:
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    def show(entry_id: Any, fields: Any) -> str:
+        event: dict[str, Any] = {text(k): text(v) for k, v in fields.items()}
+        event["details"] = json.loads(event.get("details") or "null")
+        event["id"] = text(entry_id)
+        if args.json:
+            _print_json(event)
+        else:
+            print(f"{_iso(event['event_time'])}  {event['symbol']:<16} {event['event_type']:<20} "
+                  f"{json.dumps(event['details'], sort_keys=True)}", flush=True)
+        return str(event["id"])
+
+    try:
+        last = "$"
+        recent: Any = client.xrevrange(keys.EVENTS, count=args.limit)
+        for entry_id, fields in reversed(recent):
+            last = show(entry_id, fields)
+        while args.follow:
+            answer: Any = client.xread({keys.EVENTS: last}, block=1000)
+            for _stream, entries in answer or []:
+                for entry_id, fields in entries:
+                    last = show(entry_id, fields)
+    except (redis.RedisError, OSError) as exc:
+        print(f"tokenwatch: Redis unreachable ({type(exc).__name__}): is tokenwatch run running?", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_simulate(_settings: Settings, args: argparse.Namespace) -> int:
     from tokenwatch.simulator.server import serve_forever_cli  # noqa: PLC0415
 
@@ -159,6 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("events", help="the event stream tokenwatch:events, oldest of the last N first")
+    p.add_argument("--follow", action="store_true", help="keep printing new events as they are committed")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_events)
 
     p = sub.add_parser("simulate", help="a local KuCoin-compatible server for offline use")
     p.add_argument("--port", type=int, default=8090)

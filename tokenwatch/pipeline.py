@@ -16,8 +16,9 @@ from typing import Any
 
 import orjson
 import redis
+from sqlalchemy.exc import SQLAlchemyError
 
-from cache import hot, keys, lock
+from cache import events, hot, keys, lock
 from db.engine import get_engine
 from db.queries import load_registry
 from db.writer import WriteResult, apply_plan, record_outcome, sync_run_row
@@ -227,6 +228,14 @@ def publish_cache(client: redis.Redis, sync_id: str, revision: int, size: int) -
     return hot.publish(client, keys.cache_key(sync_id), revision, size)
 
 
+def publish_events(settings: Settings, client: redis.Redis) -> None:
+    """Append committed events to the stream; on failure they go out after the next commit."""
+    try:
+        events.publish_pending(get_engine(settings.database_url, writer=True), client)
+    except (redis.RedisError, SQLAlchemyError) as exc:
+        log.warning("events not published yet (%s): they follow after the next commit", one_line(exc))
+
+
 def finish(
     settings: Settings, plan: Plan, result: WriteResult, started_at: int, timings: dict[str, float],
     cache_error: str | None,
@@ -341,5 +350,7 @@ def _sync_inline(settings: Settings, client: redis.Redis | None, sync_id: str, s
             publish_cache(client, sync_id, result.revision, size)
         except (redis.RedisError, LookupError) as exc:
             cache_error = f"cache stale: Redis unavailable ({one_line(exc)})"
+        else:
+            publish_events(settings, client)
     timings["cache"] = timer.ms()
     return finish(settings, built.plan, result, started_at, timings, cache_error)

@@ -1,0 +1,111 @@
+"""The event stream tokenwatch:events: committed events appear once, in order, and never for a baseline."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from cache import keys
+from cache.events import publish_pending
+from db.engine import dispose_engines, get_engine
+from tests.conftest import Stack
+from tokenwatch import pipeline
+from tokenwatch.embedded import EmbeddedRedis
+from tokenwatch.settings import Settings
+from tokenwatch.simulator import Simulator
+
+pytestmark = pytest.mark.integration
+
+
+def _stream(client: redis.Redis) -> list[tuple[str, dict[str, str]]]:
+    return [(i.decode(), {k.decode(): v.decode() for k, v in f.items()}) for i, f in client.xrange(keys.EVENTS)]
+
+
+def test_events_reach_the_stream_through_the_worker_and_the_cli(stack: Stack) -> None:
+    with Simulator(port=0, contracts=120, seed=5) as sim:
+        stack.env["TOKENWATCH_KUCOIN_URL"] = sim.url
+        stack.start_worker()
+        assert stack.sync()["status"] == "baseline"
+        assert _stream(stack.redis) == []
+        listed = sim.list_new(2)
+        gone = sim.symbols()[0]
+        sim.delist([gone])
+        outcome = stack.sync()
+    entries = _stream(stack.redis)
+    assert sorted((f["symbol"], f["event_type"]) for _, f in entries) == sorted(
+        [(s, "listed") for s in listed] + [(gone, "delisted")])
+    assert {f["sync_id"] for _, f in entries} == {outcome["sync_id"]}
+    assert all(set(f) == {"symbol", "event_type", "event_time", "sync_id", "details"} for _, f in entries)
+    history_ids = [r[0] for r in stack.query("SELECT id FROM token_history ORDER BY id")]
+    assert [int(i.split("-")[1]) for i, _ in entries] == history_ids
+
+    printed = stack.tokenwatch("events", "--json")
+    assert printed.returncode == 0, printed.stderr
+    assert [json.loads(line)["symbol"] for line in printed.stdout.splitlines()] == [f["symbol"] for _, f in entries]
+
+
+def _settings(tmp_path: Path, sim: Simulator, server: EmbeddedRedis) -> Settings:
+    return Settings(kucoin_url=sim.url, database_url=f"sqlite:///{tmp_path / 't.db'}", redis_url=server.url,
+                    data_dir=str(tmp_path / "data"))
+
+
+def test_exactly_once_after_a_crash_between_commit_and_publish(
+    tmp_path: Path, redis_server: EmbeddedRedis, redis_client: redis.Redis,
+) -> None:
+    with Simulator(port=0, contracts=60, seed=9) as sim:
+        settings = _settings(tmp_path, sim, redis_server)
+        assert pipeline.sync_inline(settings, redis_client).status == "baseline"
+        sim.list_new(3)
+        # The write commits, then the process "dies" before the cache swap and the publish.
+        snapshot = pipeline.fetch_snapshot(settings, pipeline.new_sync_id(), pipeline.now_ms())
+        built = pipeline.build(settings, snapshot, redis_client)
+        pipeline.write(settings, built.plan, snapshot.started_at, built.timings)
+        assert _stream(redis_client) == []
+
+        engine = get_engine(settings.database_url, writer=True)
+        assert publish_pending(engine, redis_client) == 3  # the redelivered or next write publishes them
+        assert publish_pending(engine, redis_client) == 0  # and a second publisher adds nothing
+        assert len(_stream(redis_client)) == 3
+
+        # The stream lost (Redis flushed): the database cursor stops old events from going out again.
+        redis_client.delete(keys.EVENTS)
+        assert publish_pending(engine, redis_client) == 0
+        sim.list_new(1)
+        assert pipeline.sync_inline(settings, redis_client).counts["listed"] == 1
+        assert [f["event_type"] for _, f in _stream(redis_client)] == ["listed"]
+    dispose_engines()
+
+
+def test_commit_to_consumer_delay(tmp_path: Path, redis_server: EmbeddedRedis, redis_client: redis.Redis) -> None:
+    received: list[float] = []
+    consumer = redis.Redis(unix_socket_path=redis_server.socket_path)
+
+    def consume() -> None:
+        answer = consumer.xread({keys.EVENTS: "$"}, block=10_000, count=100)
+        received.append(time.perf_counter())
+        assert answer
+
+    with Simulator(port=0, contracts=60, seed=11) as sim:
+        settings = _settings(tmp_path, sim, redis_server)
+        assert pipeline.sync_inline(settings, redis_client).status == "baseline"
+        sim.list_new(1)
+        snapshot = pipeline.fetch_snapshot(settings, pipeline.new_sync_id(), pipeline.now_ms())
+        built = pipeline.build(settings, snapshot, redis_client)
+        thread = threading.Thread(target=consume)
+        thread.start()
+        time.sleep(0.2)  # the consumer is blocked in XREAD before the commit
+        pipeline.write(settings, built.plan, snapshot.started_at, built.timings)
+        committed = time.perf_counter()
+        pipeline.publish_events(settings, redis_client)
+        thread.join(15)
+    assert received, "the consumer never received the event"
+    delay_ms = (received[0] - committed) * 1000
+    print(f"\ncommit-to-consumer delay: {delay_ms:.2f} ms")
+    assert delay_ms >= 0
+    consumer.close()
+    dispose_engines()
