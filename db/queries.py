@@ -31,7 +31,8 @@ def list_tokens(engine: Engine, status: str, *, now_ms: int, window_ms: int) -> 
     if status in (ACTIVE, DELISTED):
         query = query.where(tokens.c.status == status).order_by(tokens.c.symbol)
     elif status == "new":
-        query = query.where(tokens.c.is_new.is_(True)).order_by(desc(tokens.c.first_seen))
+        # "is_new = 1" exactly as the partial index ix_tokens_new says it, so SQLite can use it.
+        query = query.where(tokens.c.is_new == 1).order_by(desc(tokens.c.first_seen))
     elif status == "all":
         query = query.order_by(tokens.c.symbol)
     else:

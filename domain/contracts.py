@@ -203,12 +203,35 @@ class ParseResult:
     reasons: tuple[str, ...]
 
 
-def parse_contracts(items: Iterable[Any], keep_reasons: int = 5) -> ParseResult:
-    """Parse a contract list; bad records and repeated symbols are counted as invalid, never raised."""
+# What validation concluded about one symbol's raw metadata: (status, raw metadata values, normalised meta).
+Memo = dict[str, tuple[str, tuple[Any, ...], Meta]]
+
+
+def parse_contracts(items: Iterable[Any], keep_reasons: int = 5, memo: Memo | None = None) -> ParseResult:
+    """Parse a contract list; bad records and repeated symbols are counted as invalid, never raised.
+
+    With a memo (kept between syncs by the caller), a contract whose status and raw metadata values equal
+    last time's reuses last time's result: validation depends on nothing else, and most never change.
+    """
     contracts: dict[str, Contract] = {}
     invalid = 0
     reasons: list[str] = []
+    fresh: Memo = {}
     for index, item in enumerate(items):
+        if memo is not None and type(item) is dict:
+            symbol = item.get("symbol")
+            known = memo.get(symbol) if type(symbol) is str else None
+            if (
+                known is not None and known[0] == item.get("status")
+                and known[1] == tuple(map(item.get, METADATA_KEYS))
+            ):
+                assert isinstance(symbol, str)
+                if symbol in contracts:
+                    invalid += 1
+                    continue
+                contracts[symbol] = Contract(symbol=symbol, status=known[0], meta=known[2], raw=item)
+                fresh[symbol] = known
+                continue
         try:
             contract = parse_contract(item)
         except InvalidContract as exc:
@@ -222,4 +245,10 @@ def parse_contracts(items: Iterable[Any], keep_reasons: int = 5) -> ParseResult:
                 reasons.append(f"item {index}: duplicate symbol {contract.symbol}")
             continue
         contracts[contract.symbol] = contract
+        if memo is not None:
+            fresh[contract.symbol] = (contract.status, tuple(map(item.get, METADATA_KEYS)), contract.meta)
+    if memo is not None:
+        # Only this snapshot's symbols stay remembered, so the memo never outgrows the exchange.
+        memo.clear()
+        memo.update(fresh)
     return ParseResult(contracts=contracts, invalid=invalid, reasons=tuple(reasons))

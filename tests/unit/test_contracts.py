@@ -278,3 +278,25 @@ def test_reasons_are_bounded_and_name_the_item_index() -> None:
 def test_empty_list_parses_to_nothing() -> None:
     result = parse_contracts([])
     assert (result.contracts, result.invalid, result.reasons) == ({}, 0, ())
+
+
+def test_memo_gives_the_same_result_as_a_full_parse() -> None:
+    from tokenwatch.simulator.generator import generate_contracts
+
+    items = generate_contracts(50, seed=4)
+    memo: dict[str, Any] = {}
+    first = parse_contracts(items, memo=memo)
+    assert len(memo) == 50
+    changed = [dict(item) for item in items]
+    changed[0]["tickSize"] = 123.0  # a metadata change: must be parsed again, not reused
+    changed[1]["lotSize"] = -1  # now invalid: the memo must not keep it valid
+    changed[2]["status"] = "Paused"
+    changed[3]["markPrice"] = 1.0  # market data only: reused
+    with_memo = parse_contracts(changed, memo=memo)
+    without = parse_contracts(changed)
+    assert with_memo.invalid == without.invalid == 1
+    assert {s: (c.status, c.meta) for s, c in with_memo.contracts.items()} == {
+        s: (c.status, c.meta) for s, c in without.contracts.items()}
+    assert with_memo.contracts[items[3]["symbol"]].raw["markPrice"] == 1.0
+    assert first.contracts[items[0]["symbol"]].meta != with_memo.contracts[items[0]["symbol"]].meta
+    assert items[1]["symbol"] not in memo  # only valid symbols of the latest snapshot are remembered
