@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, insert, select
 from sqlalchemy.engine.url import make_url
 
-from db.schema import metadata, registry_state
+from db.schema import metadata, registry_state, tokens
 
 BUSY_TIMEOUT_MS = 2_000
 CACHE_KIB = 65_536  # 64 MiB page cache: the whole registry of 100k contracts stays in memory
@@ -57,10 +57,24 @@ def make_engine(database_url: str, *, writer: bool = False) -> Engine:
     return engine
 
 
+def _live_view() -> str:
+    columns = ",\n  ".join(
+        "CASE WHEN t.status = 'active' AND t.missing_since IS NULL AND s.last_fetched_at > t.last_seen "
+        "THEN s.last_fetched_at ELSE t.last_seen END AS last_seen" if column == "last_seen" else f"t.{column}"
+        for column in (c.name for c in tokens.columns)
+    )
+    return (
+        "CREATE VIEW IF NOT EXISTS tokens_live AS\nSELECT\n  " + columns
+        + "\nFROM tokens AS t CROSS JOIN registry_state AS s WHERE s.id = 1"
+    )
+
+
 def init_db(engine: Engine) -> None:
-    """Create tables and indices if missing, and the single registry_state row."""
+    """Create tables, indices and the tokens_live view if missing, and the single registry_state row."""
     metadata.create_all(engine)
     with engine.begin() as conn:
+        # tokens with last_seen resolved: the stored value is only rewritten when a row changes.
+        conn.exec_driver_sql(_live_view())
         if conn.execute(select(registry_state.c.id)).first() is None:
             conn.execute(insert(registry_state).values(id=1, revision=0))
 

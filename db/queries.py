@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Engine, desc, select
@@ -18,11 +19,26 @@ def load_registry(engine: Engine) -> Registry:
     """Every token row and the revision, read in one transaction."""
     with engine.connect() as conn:
         state = conn.execute(select(registry_state.c.revision, registry_state.c.last_fetched_at)).one()
-        rows = {
-            row[0]: RegistryRow.from_row(row)
-            for row in conn.execute(_ALL_TOKENS)
-        }
+        rows = {row[0]: RegistryRow.from_row(resolve_last_seen(row, state.last_fetched_at))
+                for row in conn.execute(_ALL_TOKENS)}
     return Registry(revision=int(state.revision), rows=rows, last_fetched_at=state.last_fetched_at)
+
+
+_STATUS_AT = TOKEN_COLUMNS.index("status")
+_LAST_SEEN_AT = TOKEN_COLUMNS.index("last_seen")
+_MISSING_AT = TOKEN_COLUMNS.index("missing_since")
+
+
+def resolve_last_seen(row: Sequence[Any], last_sync: int | None) -> Sequence[Any]:
+    """The row with last_seen resolved: an active token not missing was seen by the last applied sync."""
+    if (
+        last_sync is not None and row[_STATUS_AT] == ACTIVE and row[_MISSING_AT] is None
+        and row[_LAST_SEEN_AT] < last_sync
+    ):
+        resolved = list(row)
+        resolved[_LAST_SEEN_AT] = last_sync
+        return resolved
+    return row
 
 
 def list_tokens(engine: Engine, status: str, *, now_ms: int, window_ms: int) -> list[dict[str, Any]]:
@@ -38,7 +54,11 @@ def list_tokens(engine: Engine, status: str, *, now_ms: int, window_ms: int) -> 
     else:
         raise ValueError(f"unknown status {status!r}: use active, delisted, new or all")
     with engine.connect() as conn:
+        last_sync = conn.execute(select(registry_state.c.last_fetched_at)).scalar_one_or_none()
         rows = [dict(row._mapping) for row in conn.execute(query)]
+    for row in rows:
+        if row["status"] == ACTIVE and row["missing_since"] is None and last_sync and row["last_seen"] < last_sync:
+            row["last_seen"] = last_sync
     if status == "new":
         # is_new is refreshed each sync; between syncs the window may already have closed.
         rows = [r for r in rows if is_new(r["listed_at"], now_ms, window_ms)]

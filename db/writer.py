@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -54,15 +54,23 @@ def _upsert_statement() -> Any:
 
 
 _UPSERT = _upsert_statement()
+# last_seen is not rewritten on every row each sync (that would cost more than the whole diff): an active,
+# present token was seen by the last applied sync (registry_state.last_fetched_at, see the tokens_live view).
+# It is stored when a row is written, and frozen when a token goes missing or is delisted.
+_LAST_SIGHTING = case(
+    (tokens.c.missing_since.is_(None), func.coalesce(bindparam("b_prev"), tokens.c.last_seen)),
+    else_=tokens.c.last_seen,
+)
 _DELIST = (
     update(tokens)
     .where(and_(tokens.c.symbol == bindparam("b_symbol"), tokens.c.status == ACTIVE))
-    .values(status=DELISTED, delisted_at=bindparam("b_now"), is_new=False, missing_since=None)
+    .values(status=DELISTED, delisted_at=bindparam("b_now"), is_new=False, missing_since=None,
+            last_seen=_LAST_SIGHTING)
 )
 _PENDING = (
     update(tokens)
     .where(and_(tokens.c.symbol == bindparam("b_symbol"), tokens.c.missing_since.is_(None)))
-    .values(missing_since=bindparam("b_now"))
+    .values(missing_since=bindparam("b_now"), last_seen=_LAST_SIGHTING)
 )
 _HISTORY = insert(token_history).on_conflict_do_nothing(
     index_elements=["symbol", "event_type", "sync_id"]
@@ -102,17 +110,11 @@ def _apply(
     for chunk in _chunks(plan.upserts, batch_size):
         conn.execute(_UPSERT, [dict(zip(TOKEN_COLUMNS, row.as_row(), strict=True)) for row in chunk])
         batches += 1
-    for symbols in _chunks(plan.delist, batch_size):
-        conn.execute(_DELIST, [{"b_symbol": s, "b_now": plan.now_ms} for s in symbols])
-        batches += 1
-    for symbols in _chunks(plan.pending, batch_size):
-        conn.execute(_PENDING, [{"b_symbol": s, "b_now": plan.now_ms} for s in symbols])
-        batches += 1
-    # One statement refreshes last_seen of everything the snapshot held; absent-but-kept rows keep theirs.
-    seen = update(tokens).where(and_(tokens.c.status == ACTIVE, tokens.c.last_seen < plan.now_ms))
-    if plan.missing:
-        seen = seen.where(tokens.c.symbol.not_in(plan.missing))
-    conn.execute(seen.values(last_seen=plan.now_ms))
+    for statement, symbols in ((_DELIST, plan.delist), (_PENDING, plan.pending)):
+        for names in _chunks(symbols, batch_size):
+            conn.execute(statement, [{"b_symbol": s, "b_now": plan.now_ms, "b_prev": plan.seen_before}
+                                     for s in names])
+            batches += 1
     events = [
         {"symbol": e.symbol, "event_type": e.event_type, "event_time": plan.now_ms, "sync_id": plan.sync_id,
          "details": e.details}

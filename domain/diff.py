@@ -46,7 +46,8 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)  # absent but kept active: suspect, flaky or unconfirmed
-    pending: list[str] = field(default_factory=list)  # absent, check failed: mark missing_since
+    pending: list[str] = field(default_factory=list)  # absent for the first time: mark missing_since
+    seen_before: int | None = None  # when the previous snapshot was taken: the missing ones' last sighting
     warning: str | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -56,6 +57,7 @@ class Plan:
             "status": self.status, "upserts": [row.as_row() for row in self.upserts],
             "delist": self.delist, "events": [[e.symbol, e.event_type, e.details] for e in self.events],
             "counts": self.counts, "missing": self.missing, "pending": self.pending, "warning": self.warning,
+            "seen_before": self.seen_before,
         }
 
     @classmethod
@@ -66,7 +68,7 @@ class Plan:
             status=data["status"], upserts=[RegistryRow.from_row(r) for r in data["upserts"]],
             delist=list(data["delist"]), events=[Event(s, t, d) for s, t, d in data["events"]],
             counts=dict(data["counts"]), missing=list(data["missing"]), pending=list(data["pending"]),
-            warning=data.get("warning"),
+            warning=data.get("warning"), seen_before=data.get("seen_before"),
         )
 
     def apply_to(self, registry: Registry) -> Registry:
@@ -75,14 +77,17 @@ class Plan:
         for row in self.upserts:
             rows[row.symbol] = row
         for symbol in self.delist:
-            rows[symbol] = _delisted(rows[symbol], self.now_ms)
+            rows[symbol] = _delisted(rows[symbol], self.now_ms, self.seen_before)
         for symbol in self.pending:
-            rows[symbol] = dataclasses.replace(rows[symbol], missing_since=self.now_ms)
+            rows[symbol] = dataclasses.replace(
+                rows[symbol], missing_since=self.now_ms, last_seen=self.seen_before or rows[symbol].last_seen)
         return Registry(revision=registry.revision + 1, rows=rows, last_fetched_at=self.now_ms)
 
 
-def _delisted(old: RegistryRow, now_ms: int) -> RegistryRow:
-    return dataclasses.replace(old, status=DELISTED, is_new=False, delisted_at=now_ms, missing_since=None)
+def _delisted(old: RegistryRow, now_ms: int, seen_before: int | None) -> RegistryRow:
+    last_seen = old.last_seen if old.missing_since is not None or seen_before is None else seen_before
+    return dataclasses.replace(
+        old, status=DELISTED, is_new=False, delisted_at=now_ms, missing_since=None, last_seen=last_seen)
 
 
 def is_new(listed_at: int | None, now_ms: int, window_ms: int) -> bool:
@@ -133,7 +138,8 @@ def build_plan(
     baseline = registry.empty
     active_before = sum(1 for row in rows.values() if row.status == ACTIVE)
     missing = missing_symbols(contracts, registry)
-    plan = Plan(sync_id=sync_id, now_ms=now_ms, base_revision=registry.revision, status="ok")
+    plan = Plan(sync_id=sync_id, now_ms=now_ms, base_revision=registry.revision, status="ok",
+                seen_before=registry.last_fetched_at)
     counts = dict.fromkeys(COUNT_KEYS, 0)
     counts["fetched"] = fetched
     counts["invalid"] = invalid
@@ -216,18 +222,16 @@ def build_plan(
     if not suspect:
         for symbol in missing:
             old = rows[symbol]
-            if symbol in keep:
+            if symbol in keep or (symbol in unchecked and old.missing_since is None):
                 plan.missing.append(symbol)
-                continue
-            if symbol in unchecked and old.missing_since is None:
-                plan.missing.append(symbol)
-                plan.pending.append(symbol)
                 continue
             plan.delist.append(symbol)
             counts["delisted"] += 1
             events.append(Event(symbol, "delisted", {"last_status": old.contract_status}))
     else:
         plan.missing.extend(missing)
+    # Kept although absent: remember since when, which freezes their last_seen (see db/writer.py).
+    plan.pending = [s for s in plan.missing if rows[s].missing_since is None]
 
     counts["active"] = active_before + added + counts["relisted"] - counts["delisted"]
     plan.counts = counts

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from domain.contracts import Meta
 
@@ -40,7 +42,7 @@ class RegistryRow:
         )
 
     @classmethod
-    def from_row(cls, row: tuple[object, ...] | list[object]) -> RegistryRow:
+    def from_row(cls, row: Sequence[Any]) -> RegistryRow:
         """Rebuild from a row in tokens-table column order."""
         symbol, status, contract_status, is_new, listed_at, first_seen, last_seen, delisted_at, missing = row[:9]
         return cls(

@@ -184,7 +184,7 @@ def test_tables_and_named_indices_exist(engine: Engine) -> None:
 def test_init_db_is_idempotent(engine: Engine) -> None:
     init_db(engine)
     init_db(engine)
-    assert dump(engine)["registry_state"] == [(1, 0, None, None)]
+    assert dump(engine)["registry_state"] == [(1, 0, None, None, 0)]
 
 
 @pytest.mark.parametrize("writer", [True, False])
@@ -229,7 +229,7 @@ def test_baseline_plan_is_written_whole(engine: Engine) -> None:
     tables = dump(engine)
     assert len(tables["tokens"]) == 30
     assert tables["token_history"] == []
-    assert tables["registry_state"] == [(1, 1, "sync-0", NOW)]
+    assert tables["registry_state"] == [(1, 1, "sync-0", NOW, 0)]
     assert len(tables["sync_runs"]) == 1
     con = raw_connect(engine)
     try:
@@ -454,3 +454,22 @@ def test_lock_retries_follow_the_module_setting(
         assert lock_retries_logged(caplog) == 1
     finally:
         eng.dispose()
+
+
+def test_last_seen_is_derived_for_present_tokens_and_frozen_for_missing_ones(engine: Engine) -> None:
+    contracts, _ = baseline(engine)
+    later = NOW + MINUTE_MS
+    symbols = list(contracts)
+    kept = {s: c for s, c in contracts.items() if s != symbols[0]}
+    registry = load_registry(engine)
+    plan = build_plan("sync-1", kept, registry, now_ms=later, window_ms=WINDOW_MS, fetched=len(kept), invalid=0,
+                      unconfirmed=[symbols[0]])
+    assert plan.pending == [symbols[0]]
+    apply(engine, plan)
+    with engine.connect() as conn:
+        stored = dict(conn.exec_driver_sql("SELECT symbol, last_seen FROM tokens").all())
+        live = dict(conn.exec_driver_sql("SELECT symbol, last_seen FROM tokens_live").all())
+    assert stored[symbols[1]] == NOW  # not rewritten by a sync in which it did not change
+    assert live[symbols[1]] == later  # but seen by it, as the view and load_registry say
+    assert load_registry(engine).rows[symbols[1]].last_seen == later
+    assert live[symbols[0]] == stored[symbols[0]] == NOW  # missing: frozen at its last sighting
