@@ -46,7 +46,7 @@ class EmbeddedRedis:
             os.unlink(self.socket_path)
         args = [
             redis_executable(), "--port", "0", "--unixsocket", self.socket_path, "--unixsocketperm", "700",
-            "--dir", self.data_dir, "--dbfilename", "redis.rdb", "--save", "60 1",
+            "--dir", self.data_dir, "--dbfilename", "redis.rdb", "--save", "60", "1",
             "--appendonly", "no", "--daemonize", "no", "--logfile", os.path.join(self.data_dir, "redis.log"),
         ]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
