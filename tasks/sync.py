@@ -46,7 +46,7 @@ def sync() -> str:
     return sync_id
 
 
-@app.task(name=FETCH, bind=True, max_retries=3)
+@app.task(name=FETCH, bind=True, max_retries=None)  # bounded by TOKENWATCH_HTTP_RETRIES below
 def fetch_contracts(self: Task, sync_id: str | None = None, started_at: int | None = None) -> Meta:
     """Fetch the active contracts and stage the raw answer in Redis; pass its key on."""
     settings = get_settings()
