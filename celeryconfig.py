@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 
+from celery.schedules import crontab
+
 from cache.redis_client import to_kombu_url
-from tasks.names import ROUTES, SYNC, Queue
+from tasks.names import CHECK_ALERTS, DB_OPTIMIZE, DB_VACUUM, PRUNE_SYNC_RUNS, ROUTES, SYNC, Queue
 from tokenwatch.settings import get_settings, redact_url
 
 _settings = get_settings()
@@ -53,6 +55,29 @@ beat_schedule = {
         "task": SYNC,
         "schedule": _settings.sync_interval_s,
         "options": {"expires": max(_settings.sync_interval_s * 0.9, 1.0)},
+    },
+    # Alerts are evaluated every interval; their transitions are logged once (tokenwatch/alerts.py).
+    "check-alerts": {
+        "task": CHECK_ALERTS,
+        "schedule": _settings.sync_interval_s,
+        "options": {"expires": max(_settings.sync_interval_s * 0.9, 1.0)},
+    },
+    # Daily and weekly upkeep on crontab schedules: an interval's countdown restarts with beat, so a beat
+    # restarted more often than daily would never run a 24 h interval. A missed run is made up once on start.
+    "prune-sync-runs": {
+        "task": PRUNE_SYNC_RUNS,
+        "schedule": crontab(minute=7, hour=3),
+        "options": {"expires": 3600},
+    },
+    "db-vacuum": {
+        "task": DB_VACUUM,
+        "schedule": crontab(minute=17, hour=3, day_of_week=0),
+        "options": {"expires": 3600},
+    },
+    "db-optimize": {
+        "task": DB_OPTIMIZE,
+        "schedule": crontab(minute=27, hour=3),
+        "options": {"expires": 3600},
     },
 }
 # Keep the beat schedule file beside the database, not in the working directory.

@@ -1,4 +1,4 @@
-"""The `tokenwatch` command: run, sync, tokens, history, simulate."""
+"""The `tokenwatch` command: run, sync, tokens, history, events, status, db check, simulate."""
 
 from __future__ import annotations
 
@@ -163,6 +163,18 @@ def cmd_events(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from tokenwatch.status import run_status  # noqa: PLC0415
+
+    return run_status(settings, as_json=args.json)
+
+
+def cmd_db_check(settings: Settings, args: argparse.Namespace) -> int:
+    from tokenwatch.status import run_db_check  # noqa: PLC0415
+
+    return run_db_check(settings, as_json=args.json)
+
+
 def cmd_simulate(_settings: Settings, args: argparse.Namespace) -> int:
     from tokenwatch.simulator.server import serve_forever_cli  # noqa: PLC0415
 
@@ -201,6 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_events)
+
+    p = sub.add_parser("status", help="last syncs, timings, counts, queues and alerts (exit 2 while one stands)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("db", help="database checks")
+    db_sub = p.add_subparsers(dest="db_command", required=True)
+    p = db_sub.add_parser("check", help="integrity, file sizes, row counts and the plan of every query")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_db_check)
 
     p = sub.add_parser("simulate", help="a local KuCoin-compatible server for offline use")
     p.add_argument("--port", type=int, default=8090)

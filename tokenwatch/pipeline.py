@@ -28,6 +28,7 @@ from domain.contracts import Memo, parse_contracts
 from domain.diff import COUNT_KEYS, Plan, build_plan, is_suspect, missing_symbols
 from domain.registry import Registry
 from fetch import kucoin
+from tokenwatch import metrics
 from tokenwatch.errors import BadResponseError, FetchError, StaleSnapshotError, TokenwatchError
 from tokenwatch.settings import Settings
 
@@ -279,6 +280,7 @@ def finish(
             error=error, revision=result.revision,
         ))
         log_outcome(outcome, plan)
+        metrics.record_sync(settings, outcome.status, outcome.timings_ms)  # and the worker's RSS
     return outcome
 
 
@@ -298,6 +300,7 @@ def fail(settings: Settings, sync_id: str, started_at: int, status: str, error: 
         log.error("sync %s failed: %s", sync_id, error)
     else:
         log.warning("sync %s %s: %s", sync_id, status, error)
+    metrics.record_sync(settings, status, timings)  # and the worker's RSS
     return outcome
 
 

@@ -9,7 +9,9 @@ import subprocess
 import sys
 import time
 from types import FrameType
+from wsgiref.simple_server import WSGIServer
 
+from tokenwatch import metrics
 from tokenwatch.embedded import EmbeddedRedis
 from tokenwatch.errors import ConfigError
 from tokenwatch.settings import ENV_PREFIX, Settings, redact_url
@@ -53,6 +55,7 @@ class Runner:
         self.settings = settings
         self.redis: EmbeddedRedis | None = None
         self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.metrics_server: WSGIServer | None = None
         self.stopping = False
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -71,9 +74,15 @@ class Runner:
             log.info("using Redis at %s", redact_url(env.get(ENV_PREFIX + "REDIS_URL")))
             if self.settings.flower_basic_auth:
                 env["FLOWER_BASIC_AUTH"] = self.settings.flower_basic_auth
+            # Only the worker writes multiprocess metric files (tokenwatch/metrics.py); Flower keeps its own.
+            env.pop(metrics.MULTIPROC_ENV, None)
+            multiproc_dir = metrics.prepare_multiproc_dir(self.settings.data_dir)
+            worker_env = {**env, metrics.MULTIPROC_ENV: multiproc_dir}
             for name, argv in commands(self.settings).items():
                 # Own process group: a Ctrl-C reaches them through us, in order, not all at once.
-                self.children[name] = subprocess.Popen(argv, env=env, start_new_session=True)
+                self.children[name] = subprocess.Popen(argv, env=worker_env if name == "worker" else env,
+                                                       start_new_session=True)
+            self.metrics_server = metrics.serve(self.settings, multiproc_dir)
             log.info("worker, beat and Flower started; Flower on http://%s:%d",
                      self.settings.flower_address, self.settings.flower_port)
             self._kick_first_sync(env)
@@ -103,6 +112,10 @@ class Runner:
 
     def stop(self) -> None:
         """SIGTERM every child, wait, SIGKILL stragglers, then stop the embedded Redis."""
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
+            self.metrics_server = None
         for child in self.children.values():
             if child.poll() is None:
                 child.terminate()

@@ -39,6 +39,17 @@ class Settings(BaseSettings):
     max_response_bytes: int = Field(200 * 1024 * 1024, ge=1024)
     http_retries: int = Field(3, ge=0, le=10)
     staging_ttl_s: int = Field(600, ge=10)
+    # Alert thresholds of `tokenwatch status` and the check_alerts beat task (tokenwatch/alerts.py).
+    alert_sync_s: float = Field(10.0, gt=0)  # last sync's total time
+    alert_api_s: float = Field(5.0, gt=0)  # last sync's API fetch time
+    alert_write_s: float = Field(3.0, gt=0)  # last sync's database write time
+    alert_failure_pct: float = Field(5.0, ge=0, le=100)  # failed syncs in the last hour
+    alert_stale_intervals: float = Field(3.0, gt=0)  # last good sync older than this many sync intervals
+    alert_worker_mb: float = Field(500.0, gt=0)  # resident memory of a worker process, MiB
+    # Prometheus endpoint of `tokenwatch run`, on 127.0.0.1 only; 0 turns it off.
+    metrics_port: int = Field(9808, ge=0, le=65535)
+    # sync_runs rows older than this are pruned daily; token_history is kept for ever.
+    retention_days: float = Field(30.0, gt=0)
 
     @field_validator("kucoin_url")
     @classmethod

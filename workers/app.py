@@ -4,5 +4,5 @@ from __future__ import annotations
 
 from celery import Celery
 
-app = Celery("tokenwatch", include=["tasks.sync"])
+app = Celery("tokenwatch", include=["tasks.sync", "tasks.maintenance"])
 app.config_from_object("celeryconfig")
