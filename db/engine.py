@@ -8,8 +8,10 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, insert, select
 from sqlalchemy.engine.url import make_url
+from sqlalchemy.exc import DBAPIError
 
 from db.schema import metadata, registry_state, tokens
+from tokenwatch.errors import WriteError
 
 BUSY_TIMEOUT_MS = 2_000
 CACHE_KIB = 65_536  # 64 MiB page cache: the whole registry of 100k contracts stays in memory
@@ -87,8 +89,15 @@ def get_engine(database_url: str, *, writer: bool = False) -> Engine:
     key = (os.getpid(), database_url, writer)
     engine = _engines.get(key)
     if engine is None:
+        from db.writer import describe, with_lock_retry  # noqa: PLC0415 - writer builds on this module
+
         engine = make_engine(database_url, writer=writer)
-        init_db(engine)
+        try:
+            # Creating the schema writes: a database locked by another process is retried like any write.
+            with_lock_retry(lambda: init_db(engine))
+        except DBAPIError as exc:
+            engine.dispose()
+            raise WriteError(f"database unavailable: {describe(exc)}") from exc
         _engines[key] = engine
     return engine
 

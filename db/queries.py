@@ -92,3 +92,10 @@ def event_cursor(engine: Engine) -> int:
     """The id of the last history event known to be in the stream."""
     with engine.connect() as conn:
         return int(conn.execute(select(registry_state.c.last_event_id)).scalar_one_or_none() or 0)
+
+
+def sync_run(engine: Engine, sync_id: str) -> dict[str, Any] | None:
+    """One sync_runs row by id."""
+    with engine.connect() as conn:
+        row = conn.execute(select(sync_runs).where(sync_runs.c.sync_id == sync_id)).first()
+    return None if row is None else dict(row._mapping)

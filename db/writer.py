@@ -135,6 +135,14 @@ def _apply(
     return WriteResult(revision=revision, duplicate=False, upserted=len(plan.upserts), batches=batches)
 
 
+def describe(exc: DBAPIError) -> str:
+    """A database error as one short line, without SQL or parameters."""
+    if is_locked_error(exc):
+        return "database is locked"
+    lines = str(exc.orig).splitlines()
+    return lines[0] if lines else type(exc.orig).__name__
+
+
 def is_locked_error(exc: BaseException) -> bool:
     """True for SQLite's 'database is locked' / 'database is busy'."""
     message = str(getattr(exc, "orig", exc)).lower()
@@ -170,9 +178,7 @@ def apply_plan(
     except StaleSnapshotError:
         raise
     except DBAPIError as exc:
-        lines = str(exc.orig).splitlines()
-        reason = "database is locked" if is_locked_error(exc) else (lines[0] if lines else type(exc.orig).__name__)
-        raise WriteError(f"registry write failed and was rolled back: {reason}") from exc
+        raise WriteError(f"registry write failed and was rolled back: {describe(exc)}") from exc
 
 
 def record_outcome(engine: Engine, row: Mapping[str, Any]) -> None:
@@ -182,6 +188,9 @@ def record_outcome(engine: Engine, row: Mapping[str, Any]) -> None:
     stmt = stmt.on_conflict_do_update(
         index_elements=[sync_runs.c.sync_id],
         set_={c: stmt.excluded[c] for c in row if c not in keep},
+        # An applied sync's row is only ever completed by its own outcome, never replaced by a late
+        # failure of a redelivered copy.
+        where=or_(sync_runs.c.revision.is_(None), stmt.excluded.revision.is_not(None)),
     )
     with_lock_retry(lambda: _execute(engine, stmt))
 

@@ -57,8 +57,10 @@ class Fetched:
     elapsed_ms: float
 
 
-def _retry_after(response: requests.Response) -> float | None:
-    reset_ms = response.headers.get("gw-ratelimit-reset")
+def _retry_after(response: requests.Response, rate_limited: bool) -> float | None:
+    # gw-ratelimit-reset is the time until the rate pool refills: it only says when to retry a 429;
+    # on a 5xx it would make us wait for a window that has nothing to do with the failure.
+    reset_ms = response.headers.get("gw-ratelimit-reset") if rate_limited else None
     retry_after = response.headers.get("Retry-After")
     try:
         if reset_ms is not None:
@@ -115,7 +117,7 @@ def get_json(url: str, *, timeout_s: float, max_bytes: int) -> Fetched:
     with response:
         status = response.status_code
         if status == 429 or status >= 500:
-            raise TransientFetchError(f"HTTP {status}", retry_after_s=_retry_after(response))
+            raise TransientFetchError(f"HTTP {status}", retry_after_s=_retry_after(response, status == 429))
         try:
             body = _read_body(response, max_bytes)
         except requests.exceptions.Timeout as exc:
@@ -130,7 +132,7 @@ def get_json(url: str, *, timeout_s: float, max_bytes: int) -> Fetched:
     if code != OK_CODE:
         msg = str(envelope.get("msg", ""))[:120].encode("unicode_escape").decode("ascii")
         if code == RATE_LIMIT_CODE:
-            raise TransientFetchError(f"rate limited (code {code})", retry_after_s=_retry_after(response))
+            raise TransientFetchError(f"rate limited (code {code})", retry_after_s=_retry_after(response, True))
         raise BadResponseError(f"HTTP {status} with error code {code[:20]!r}: {msg}", code=code[:20])
     if status != 200:
         raise BadResponseError(f"HTTP {status}")

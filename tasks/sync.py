@@ -16,7 +16,7 @@ from domain.diff import Plan
 from fetch import kucoin
 from tasks.names import DIFF, FETCH, SYNC, WRITE
 from tokenwatch import pipeline
-from tokenwatch.errors import StaleSnapshotError, TokenwatchError, TransientFetchError
+from tokenwatch.errors import StagingError, StaleSnapshotError, TokenwatchError, TransientFetchError
 from tokenwatch.settings import get_settings
 from workers.app import app
 
@@ -128,6 +128,13 @@ def _write(meta: Meta) -> dict[str, Any]:
     try:
         plan = Plan.from_json(orjson.loads(staging.take(client, meta["plan_key"])))
         result = pipeline.write(settings, plan, started_at, timings)
+    except StagingError as exc:
+        # A copy redelivered after the first finished: the plan is gone because it was applied.
+        applied = pipeline.applied_outcome(settings, sync_id)
+        if applied is not None:
+            pipeline.publish_events(settings, client)
+            return applied.to_json()
+        return pipeline.fail(settings, sync_id, started_at, "failed", pipeline.one_line(exc), timings).to_json()
     except StaleSnapshotError as exc:
         return pipeline.fail(settings, sync_id, started_at, "skipped", pipeline.one_line(exc), timings).to_json()
     except (TokenwatchError, redis.RedisError) as exc:

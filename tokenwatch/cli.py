@@ -74,10 +74,21 @@ def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
 def _sync_through_broker(settings: Settings, timeout_s: float) -> Any:
     from celery.exceptions import TimeoutError as CeleryTimeout  # noqa: PLC0415
 
+    from cache.redis_client import to_redis_py_url  # noqa: PLC0415
     from tasks.sync import sync_chain  # noqa: PLC0415
     from tokenwatch import pipeline  # noqa: PLC0415
 
-    sync_id, started_at = pipeline.new_sync_id(), pipeline.now_ms()
+    sync_id = pipeline.new_sync_id()
+    # Celery's own client retries an unreachable broker for about 20 s whatever our timeout; ask first.
+    probe = redis.Redis.from_url(to_redis_py_url(settings.effective_redis_url()), socket_timeout=2,
+                                 socket_connect_timeout=2)
+    try:
+        probe.ping()
+    except (redis.RedisError, OSError) as exc:
+        error = f"broker unreachable ({type(exc).__name__}): start tokenwatch run, or use --inline"
+        return pipeline.Outcome(sync_id, "failed", error=error)
+    finally:
+        probe.close()
     try:
         result = sync_chain(sync_id).apply_async(expires=timeout_s)
         payload = result.get(timeout=timeout_s, propagate=True)
@@ -89,7 +100,6 @@ def _sync_through_broker(settings: Settings, timeout_s: float) -> Any:
         return pipeline.Outcome(sync_id, "failed", error=error)
     except Exception as exc:  # a task raised: its message is the operator's one line
         return pipeline.Outcome(sync_id, "failed", error=pipeline.one_line(exc))
-    _ = started_at
     return pipeline.Outcome.from_json(payload)
 
 

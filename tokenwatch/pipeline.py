@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cache import events, hot, keys, lock
 from db.engine import get_engine
-from db.queries import load_registry
+from db.queries import load_registry, sync_run
 from db.schema import PHASES
 from db.writer import WriteResult, apply_plan, record_outcome, sync_run_row
 from domain.contracts import Memo, parse_contracts
@@ -302,6 +302,17 @@ def fail(settings: Settings, sync_id: str, started_at: int, status: str, error: 
         log.warning("sync %s %s: %s", sync_id, status, error)
     metrics.record_sync(settings, status, timings)  # and the worker's RSS
     return outcome
+
+
+def applied_outcome(settings: Settings, sync_id: str) -> Outcome | None:
+    """The recorded outcome of a sync that was applied (has a revision), else None."""
+    row = sync_run(get_engine(settings.database_url), sync_id)
+    if row is None or row["revision"] is None:
+        return None
+    return Outcome(
+        sync_id, row["status"], {k: int(row[k]) for k in COUNT_KEYS},
+        {p: float(row[f"{p}_ms"]) for p in PHASES if row[f"{p}_ms"] is not None}, row["error"],
+    )
 
 
 def one_line(exc: BaseException) -> str:
