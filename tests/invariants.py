@@ -1,0 +1,152 @@
+"""Invariants of the registry that must hold after every sync, whatever fault it met.
+
+``check_invariants(db_path, redis_client)`` reads the SQLite file and the hot cache and raises AssertionError
+naming every broken invariant:
+
+1. When the cache version equals the registry revision, every active token is in the hash ``tokenwatch:tokens``;
+   the cache version is never ahead of the registry revision.
+2. No symbol has two open listings: no two ``listed``/``relisted`` events without a ``delisted`` between them
+   (history read per symbol in insertion order); a symbol's status agrees with its last lifecycle event.
+3. History has no duplicate (symbol, event_type, sync_id), and every event belongs to an applied sync.
+4. ``sync_runs`` tells every sync's outcome: each status is one of ok/baseline/suspect/skipped/failed, failed
+   rows carry a one-line error, and the applied rows (those with a revision) number exactly
+   ``registry_state.revision``, with revisions 1..revision each used once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import defaultdict
+from pathlib import Path
+
+import redis
+
+TOKENS_KEY = "tokenwatch:tokens"
+VERSION_KEY = "tokenwatch:tokens:version"
+STATUSES = frozenset({"ok", "baseline", "suspect", "skipped", "failed"})
+OPENING = frozenset({"listed", "relisted"})
+CLOSING = "delisted"
+SHOWN = 5  # offending items named per broken invariant
+
+
+def _read_db(db_path: Path) -> dict[str, list[tuple[object, ...]]]:
+    """Everything the checks need, read in one transaction so a concurrent commit cannot split the view."""
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10, isolation_level=None)
+    try:
+        con.execute("BEGIN")
+        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"tokens", "token_history", "sync_runs", "registry_state"} <= tables:
+            return {}
+        data = {
+            "state": con.execute("SELECT revision FROM registry_state").fetchall(),
+            "active": con.execute("SELECT symbol FROM tokens WHERE status = 'active'").fetchall(),
+            "status": con.execute("SELECT symbol, status FROM tokens").fetchall(),
+            "events": con.execute(
+                "SELECT id, symbol, event_type, sync_id FROM token_history ORDER BY id").fetchall(),
+            "runs": con.execute("SELECT sync_id, status, error, revision FROM sync_runs").fetchall(),
+        }
+        con.execute("COMMIT")
+        return data
+    finally:
+        con.close()
+
+
+def _read_cache(client: redis.Redis) -> tuple[int | None, set[str]]:
+    """The cache version and the hash's fields, read atomically (publish swaps both in one MULTI)."""
+    pipe = client.pipeline(transaction=True)
+    pipe.get(VERSION_KEY)
+    pipe.hkeys(TOKENS_KEY)
+    raw_version, fields = pipe.execute()
+    version = None if raw_version is None else int(raw_version)
+    return version, {f.decode() if isinstance(f, bytes) else str(f) for f in fields}
+
+
+def _show(items: list[object] | set[object]) -> str:
+    listed = sorted(items, key=repr) if isinstance(items, set) else list(items)
+    more = f" (and {len(listed) - SHOWN} more)" if len(listed) > SHOWN else ""
+    return ", ".join(repr(i) for i in listed[:SHOWN]) + more
+
+
+def check_invariants(db_path: Path | str, redis_client: redis.Redis) -> None:
+    """Raise AssertionError listing every broken invariant of the registry at db_path and its hot cache."""
+    db_path = Path(db_path)
+    if not db_path.exists():
+        return  # nothing was ever written: nothing to check
+    data = _read_db(db_path)
+    if not data:
+        return  # the schema was never created
+    problems: list[str] = []
+
+    # -- registry_state and sync_runs -------------------------------------------------------------------
+    if len(data["state"]) != 1:
+        problems.append(f"registry_state has {len(data['state'])} rows, expected exactly 1")
+        revision = 0
+    else:
+        revision = int(data["state"][0][0])
+    bad_status = [(sid, st) for sid, st, _, _ in data["runs"] if st not in STATUSES]
+    if bad_status:
+        problems.append(f"sync_runs rows with an unknown status: {_show(bad_status)}")
+    bad_error = [
+        (sid, err) for sid, st, err, _ in data["runs"]
+        if st == "failed" and (not isinstance(err, str) or not err.strip() or "\n" in err or "\r" in err)
+    ]
+    if bad_error:
+        problems.append(f"failed sync_runs rows without a one-line error: {_show(bad_error)}")
+    applied = sorted(int(rev) for _, _, _, rev in data["runs"] if rev is not None)
+    if len(applied) != revision:
+        problems.append(f"{len(applied)} applied sync_runs rows but registry_state.revision is {revision}")
+    elif applied != list(range(1, revision + 1)):
+        problems.append(f"applied sync_runs revisions are {_show(applied)}, expected 1..{revision} once each")
+    applied_ids = {sid for sid, _, _, rev in data["runs"] if rev is not None}
+
+    # -- history ------------------------------------------------------------------------------------------
+    seen: dict[tuple[str, str, str], int] = defaultdict(int)
+    per_symbol: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    orphans: set[object] = set()
+    for event_id, symbol, event_type, sync_id in data["events"]:
+        seen[(str(symbol), str(event_type), str(sync_id))] += 1
+        per_symbol[str(symbol)].append((int(event_id), str(event_type)))
+        if sync_id not in applied_ids:
+            orphans.add(sync_id)
+    duplicates = [key for key, n in seen.items() if n > 1]
+    if duplicates:
+        problems.append(f"duplicate history events (symbol, event_type, sync_id): {_show(duplicates)}")
+    if orphans:
+        problems.append(f"history events of syncs with no applied sync_runs row: {_show(orphans)}")
+    status_of = {str(s): str(st) for s, st in data["status"]}
+    double_open: list[object] = []
+    disagree: list[object] = []
+    for symbol, events in per_symbol.items():
+        is_open: bool | None = None  # unknown before the first lifecycle event (baseline tokens have none)
+        last: str | None = None
+        for event_id, event_type in events:
+            if event_type in OPENING:
+                if is_open:
+                    double_open.append((symbol, event_id, event_type))
+                is_open, last = True, event_type
+            elif event_type == CLOSING:
+                is_open, last = False, event_type
+        if last is not None:
+            expected = "delisted" if last == CLOSING else "active"
+            if status_of.get(symbol) != expected:
+                disagree.append((symbol, last, status_of.get(symbol)))
+    if double_open:
+        problems.append(f"symbols with two open listings (symbol, event id, event): {_show(double_open)}")
+    if disagree:
+        problems.append(
+            f"tokens whose status disagrees with their last lifecycle event (symbol, event, status): "
+            f"{_show(disagree)}")
+
+    # -- hot cache ------------------------------------------------------------------------------------------
+    version, cached = _read_cache(redis_client)
+    if version is not None and version > revision:
+        problems.append(f"cache version {version} is ahead of the registry revision {revision}")
+    if version == revision:
+        active = {str(row[0]) for row in data["active"]}
+        absent = active - cached
+        if absent:
+            problems.append(
+                f"{len(absent)} active tokens missing from {TOKENS_KEY} at version {version}: {_show(set(absent))}")
+
+    if problems:
+        raise AssertionError(f"registry invariants broken in {db_path}:\n- " + "\n- ".join(problems))
