@@ -1,0 +1,268 @@
+"""One measured sync, run in a fresh child process, then the references on the same rows.
+
+The sync is tokenwatch.pipeline.sync_inline: the pipeline's own stage functions (fetch_snapshot, build, write,
+stage_cache + publish_cache, finish) in its own order, with the phase timings it reports itself.
+
+The parent (benchmarks/run.py) prepares the pre-state (database file, Redis hash, simulator) and starts
+``measure`` in a spawned process (benchmarks/child.py), so the peak RSS read here is this sync's alone.
+
+For steady and churn the child first runs one unmeasured sync of the unchanged exchange, as the worker's
+previous sync: it leaves what a running worker holds (engines, the registry snapshot, the parse memo, an open
+HTTP connection). Then it pauses while the parent scripts the exchange, and runs the measured sync.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import shutil
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from benchmarks import references
+from benchmarks.child import Pause
+from benchmarks.warm import JsonTimer, vm_status, warm_writer
+from cache import hot, keys
+from db.engine import dispose_engines, init_db, make_engine
+from fetch import kucoin
+from tokenwatch import pipeline
+from tokenwatch.settings import Settings
+
+SCENARIOS = ("cold", "steady", "churn")
+PHASES = ("api", "db_load", "process", "batch_write", "cache", "total")
+REFERENCES = ("a", "b", "c")
+FLOOR_LIVE = "bench:floor:live"
+FLOOR_TEMP = "bench:floor:temp"
+
+_WRITERS: dict[str, Callable[[sqlite3.Connection, references.Rows], object]] = {
+    "a": references.before_per_token, "b": references.after_row_by_row, "c": references.floor_db,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One measured sync: where its pre-state lives and which references to run after it."""
+
+    size: int
+    scenario: str
+    sim_url: str
+    redis_url: str
+    db_path: str  # the registry to sync into: absent (cold) or a fresh copy of the baseline
+    workdir: str
+    references: tuple[str, ...] = REFERENCES
+    verify: bool = True
+
+    @property
+    def previous_sync(self) -> bool:
+        """Whether a worker would have synced this registry before (not for the initial load)."""
+        return self.scenario != "cold"
+
+
+@dataclass(slots=True)
+class RefResult:
+    """One reference's time on the same rows, and whether it left the same tables as the pipeline."""
+
+    db_ms: float
+    cache_ms: float = 0.0
+    same_rows: bool | None = None
+
+
+@dataclass(slots=True)
+class Measurement:
+    """Everything one child measured."""
+
+    phases: dict[str, float]
+    decode_ms: dict[str, float]  # time in orjson.loads within the api phase (the fetch) and the process phase
+    db_load_cold_ms: float | None  # the previous sync's db_load: a full load_registry (None for cold)
+    db_load_warm: bool  # build() found the in-process registry snapshot
+    warmup_ms: float  # the rolled-back first use of the write statements
+    counts: dict[str, int]
+    status: str
+    upserts: int
+    history: int
+    pending: int
+    rss_before_mb: float
+    peak_rss_mb: float
+    db_bytes: int
+    wal_bytes: int
+    redis_used_bytes: int
+    redis_hash_bytes: int
+    refs: dict[str, RefResult] = field(default_factory=dict)
+    harness_ms: dict[str, float] = field(default_factory=dict)  # time this child spent around the sync
+
+
+@dataclass(slots=True)
+class _Synced:
+    phases: dict[str, float]
+    built: pipeline.Built
+    outcome: pipeline.Outcome
+
+
+def _size(path: str) -> int:
+    return os.path.getsize(path) if os.path.exists(path) else 0
+
+
+def _int(value: Any) -> int:
+    return int(value) if isinstance(value, int | float | str | bytes) else 0
+
+
+def remove_db(path: str) -> None:
+    """Delete an SQLite file and its WAL and shared-memory files."""
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.unlink(path + suffix)
+
+
+def snapshot_file(source: str, target: str) -> None:
+    """Copy a live SQLite database (WAL folded in first) to target."""
+    conn = sqlite3.connect(source)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()
+    shutil.copyfile(source, target)
+
+
+def _table(path: str, sql: str) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return list(conn.execute(sql))
+    finally:
+        conn.close()
+
+
+class _KeepBuilt:
+    """Wraps tokenwatch.pipeline.build in this process to keep what it built (the references need the plan)."""
+
+    def __init__(self) -> None:
+        self.original = pipeline.build
+        self.last: pipeline.Built | None = None
+        vars(pipeline)["build"] = self
+
+    def __call__(self, settings: Settings, snapshot: pipeline.Snapshot, client: redis.Redis | None) -> pipeline.Built:
+        self.last = self.original(settings, snapshot, client)
+        return self.last
+
+
+def _sync(settings: Settings, client: redis.Redis, keep: _KeepBuilt) -> _Synced:
+    """One whole sync through tokenwatch.pipeline.sync_inline: the stage functions, in the pipeline's order."""
+    keep.last = None
+    total = pipeline.Timer()
+    outcome = pipeline.sync_inline(settings, client)
+    elapsed = total.ms()
+    if outcome.status not in ("ok", "baseline") or keep.last is None:
+        raise RuntimeError(f"the sync was {outcome.status}: {outcome.error}")
+    phases = {phase: float(outcome.timings_ms.get(phase, 0.0)) for phase in PHASES}
+    phases["total"] = elapsed  # the outcome's total has millisecond resolution
+    return _Synced(phases, keep.last, outcome)
+
+
+def _reference(job: Job, name: str, rows: references.Rows, client: redis.Redis, prestate: str | None) -> RefResult:
+    path = os.path.join(job.workdir, f"ref-{name}.db")
+    remove_db(path)
+    if prestate is None:
+        engine = make_engine(f"sqlite:///{path}")
+        init_db(engine)
+        engine.dispose()
+    else:
+        shutil.copyfile(prestate, path)
+    conn = references.connect(path)
+    try:
+        timer = pipeline.Timer()
+        _WRITERS[name](conn, rows)
+        result = RefResult(db_ms=timer.ms())
+    finally:
+        conn.close()
+    if name == "c":
+        # RENAME over a hash of the same size, as our publish does: Redis frees the old one in the same call.
+        if prestate is not None:
+            client.copy(keys.TOKENS, FLOOR_LIVE, replace=True)
+        timer = pipeline.Timer()
+        references.floor_cache(client, FLOOR_TEMP, FLOOR_LIVE, rows.cache)
+        result.cache_ms = timer.ms()
+        client.unlink(FLOOR_LIVE)
+    if job.verify:
+        same = True
+        for table in ("tokens ORDER BY symbol", "token_history ORDER BY id", "registry_state"):
+            sql = f"SELECT * FROM {table}"
+            same = same and _table(path, sql) == _table(job.db_path, sql)
+        result.same_rows = same
+    remove_db(path)
+    return result
+
+
+def _cache_entries(client: redis.Redis, built: pipeline.Built) -> dict[str, bytes]:
+    """The hash the sync published: its new entries, and the live ones it kept for absent-but-kept symbols."""
+    cache = dict(built.entries)
+    missing = built.plan.missing
+    if missing:
+        kept = client.hmget(keys.TOKENS, missing)
+        cache.update({s: v for s, v in zip(missing, kept, strict=True) if isinstance(v, bytes)})
+    return cache
+
+
+def measure(job: Job, pause: Pause) -> Measurement:
+    """Reach a running worker's state, pause for the parent to script the exchange, time one sync, references."""
+    clock = pipeline.Timer()
+    logging.getLogger("tokenwatch").setLevel(logging.ERROR)
+    settings = Settings(
+        kucoin_url=job.sim_url, database_url=f"sqlite:///{job.db_path}", redis_url=job.redis_url, http_retries=0,
+    )
+    client = redis.Redis.from_url(job.redis_url)
+    json_timers = {"api": JsonTimer.install(kucoin), "process": JsonTimer.install(pipeline)}
+    keep = _KeepBuilt()
+    db_load_cold: float | None = None
+    prestate: str | None = None
+    if job.previous_sync:
+        db_load_cold = _sync(settings, client, keep).phases["db_load"]
+        prestate = os.path.join(job.workdir, "prestate.db")
+        snapshot_file(job.db_path, prestate)
+    before = pipeline.load_registry_state(settings, client)
+    # build() takes the snapshot exactly when this holds (tokenwatch.pipeline.load_registry_state).
+    remembered = pipeline._registry_snapshot
+    warm = remembered is not None and remembered[1] is before and hot.cache_version(client) == before.revision
+    warmup = warm_writer(settings, before)
+    rss_before = vm_status()["VmRSS"] / 1024
+    harness = {"prepare": clock.ms()}
+    pause()
+    for json_timer in json_timers.values():
+        json_timer.ms = 0.0
+
+    synced = _sync(settings, client, keep)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    decode_ms = {phase: json_timer.ms for phase, json_timer in json_timers.items()}
+    plan = synced.built.plan
+    info = client.info("memory")
+    measurement = Measurement(
+        phases=synced.phases, decode_ms=decode_ms, db_load_cold_ms=db_load_cold, db_load_warm=warm,
+        warmup_ms=warmup, counts=dict(synced.outcome.counts), status=synced.outcome.status,
+        upserts=len(plan.upserts), history=len(plan.events), pending=len(plan.pending), rss_before_mb=rss_before,
+        peak_rss_mb=peak, db_bytes=_size(job.db_path), wal_bytes=_size(job.db_path + "-wal"),
+        redis_used_bytes=_int(info.get("used_memory")),
+        redis_hash_bytes=_int(client.memory_usage(keys.TOKENS, samples=0)),
+    )
+    dispose_engines()
+    if job.references:
+        timer = pipeline.Timer()
+        conn = sqlite3.connect(job.db_path)
+        try:
+            cache = _cache_entries(client, synced.built)
+            rows = references.rows_from_db(conn, plan, synced.built.entries.keys(), cache)
+        finally:
+            conn.close()
+        del synced
+        harness["read_back"] = timer.ms()
+        timer = pipeline.Timer()
+        for name in job.references:
+            measurement.refs[name] = _reference(job, name, rows, client, prestate)
+        harness["references"] = timer.ms()
+    if prestate is not None:
+        remove_db(prestate)
+    measurement.harness_ms = harness
+    client.close()
+    return measurement

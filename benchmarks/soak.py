@@ -1,0 +1,80 @@
+"""Memory soak: many consecutive steady syncs in one process (the child), RSS tracked after each.
+
+The simulator lives in the parent; this process scripts it through its control API (`/_sim/...`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import redis
+import requests
+
+from benchmarks.child import Pause
+from benchmarks.warm import vm_status
+from tokenwatch import pipeline
+from tokenwatch.settings import Settings
+
+WARMUP_SYNCS = 20
+CONTROL_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class SoakJob:
+    """N steady syncs of the simulator's contracts; `changes` maps symbol to the metadata key to move."""
+
+    syncs: int
+    sim_url: str
+    redis_url: str
+    db_path: str
+    changes: dict[str, tuple[str, float]]
+
+
+@dataclass(slots=True)
+class SoakResult:
+    """RSS after each sync (MB) and the syncs' outcomes."""
+
+    rss_mb: list[float] = field(default_factory=list)
+    totals_ms: list[float] = field(default_factory=list)
+    statuses: dict[str, int] = field(default_factory=dict)
+    peak_rss_mb: float = 0.0
+
+    def growth(self, warmup: int = WARMUP_SYNCS) -> tuple[float, float, float]:
+        """(RSS after the warm-up sync, RSS at the end, growth in %)."""
+        at = self.rss_mb[min(warmup, len(self.rss_mb)) - 1]
+        end = self.rss_mb[-1]
+        return at, end, 100.0 * (end - at) / at
+
+
+def _script(session: requests.Session, job: SoakJob, step: int) -> None:
+    for symbol, (key, original) in job.changes.items():
+        value = original * (10.0 if step % 2 == 0 else 100.0) if key == "tickSize" else original + 1e-4 * (
+            1 + step % 5)
+        answer = session.post(f"{job.sim_url}/_sim/set_params", json={"symbol": symbol, key: value},
+                              timeout=CONTROL_TIMEOUT_S)
+        answer.raise_for_status()
+    session.post(f"{job.sim_url}/_sim/tick", json={"fraction": 1.0}, timeout=CONTROL_TIMEOUT_S).raise_for_status()
+
+
+def soak(job: SoakJob, pause: Pause) -> SoakResult:
+    """A baseline, then job.syncs - 1 steady syncs through sync_inline, the CLI's in-process path."""
+    logging.getLogger("tokenwatch").setLevel(logging.ERROR)
+    settings = Settings(
+        kucoin_url=job.sim_url, database_url=f"sqlite:///{job.db_path}", redis_url=job.redis_url, http_retries=0,
+    )
+    client = redis.Redis.from_url(job.redis_url)
+    session = requests.Session()
+    result = SoakResult()
+    del pause  # nothing to wait for: this process scripts the exchange itself
+    for step in range(job.syncs):
+        if step:
+            _script(session, job, step)
+        outcome = pipeline.sync_inline(settings, client)
+        result.statuses[outcome.status] = result.statuses.get(outcome.status, 0) + 1
+        result.totals_ms.append(outcome.timings_ms.get("total", 0.0))
+        result.rss_mb.append(vm_status()["VmRSS"] / 1024)
+    result.peak_rss_mb = vm_status()["VmHWM"] / 1024
+    client.close()
+    session.close()
+    return result

@@ -1,0 +1,85 @@
+"""Process state a measurement needs: memory readings, and the write statements' first-use warm-up."""
+
+from __future__ import annotations
+
+import time
+from types import ModuleType
+from typing import Any
+
+import orjson
+
+from db.engine import get_engine
+from db.writer import _apply
+from domain.contracts import METADATA_COLUMNS
+from domain.diff import COUNT_KEYS, Event, Plan
+from domain.registry import ACTIVE, Registry, RegistryRow
+from tokenwatch import pipeline
+from tokenwatch.settings import Settings
+
+
+def vm_status(pid: int | str = "self") -> dict[str, int]:
+    """VmRSS, VmHWM... of a process in kB, from /proc/<pid>/status."""
+    found: dict[str, int] = {}
+    with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+        for line in status:
+            name, _, value = line.partition(":")
+            if name.startswith("Vm") and value.strip().endswith("kB"):
+                found[name] = int(value.split()[0])
+    return found
+
+
+def warm_writer(settings: Settings, registry: Registry) -> float:
+    """Run every statement of the write once, in transactions rolled back; returns the milliseconds it took.
+
+    SQLAlchemy compiles a statement on its first use in an engine (the upsert has 54 columns and a 53-term
+    WHERE). A worker that has synced before has them compiled; a fresh child would pay it inside the measured
+    write (a no-change previous sync compiles no upsert).
+    """
+    absent = "BENCHWARMUP"
+    row = RegistryRow(absent, ACTIVE, "Open", False, None, 0, 0, None, (None,) * len(METADATA_COLUMNS))
+    timer = pipeline.Timer()
+    engine = get_engine(settings.database_url, writer=True)
+    for missing in ([], [absent]):
+        plan = Plan(
+            sync_id="bench-warmup", now_ms=pipeline.now_ms(), base_revision=registry.revision, status="ok",
+            upserts=[row], delist=[absent], pending=[absent], missing=missing,
+            events=[Event(absent, "listed", {})], counts=dict.fromkeys(COUNT_KEYS, 0),
+        )
+        with engine.connect() as conn:
+            transaction = conn.begin()
+            try:
+                _apply(conn, plan, settings.batch_size, plan.now_ms, {})
+            finally:
+                transaction.rollback()
+    return timer.ms()
+
+
+class JsonTimer:
+    """Stands in for the orjson module inside one pipeline module and adds up the time spent in ``loads``.
+
+    Only ``loads`` is wrapped (called once per sync there); every other attribute is orjson's own, so the
+    per-contract ``dumps`` calls cost exactly what they cost without it.
+    """
+
+    def __init__(self) -> None:
+        self.ms = 0.0
+        self.dumps = orjson.dumps
+        self.JSONDecodeError = orjson.JSONDecodeError
+
+    def loads(self, data: Any) -> Any:
+        """orjson.loads, timed."""
+        started = time.perf_counter()
+        try:
+            return orjson.loads(data)
+        finally:
+            self.ms += (time.perf_counter() - started) * 1000.0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(orjson, name)
+
+    @classmethod
+    def install(cls, module: ModuleType) -> JsonTimer:
+        """Replace the module's ``orjson`` with a new timer (in this process only)."""
+        timer = cls()
+        vars(module)["orjson"] = timer
+        return timer
