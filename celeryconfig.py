@@ -40,7 +40,6 @@ result_backend_transport_options = {"visibility_timeout": 3600}
 # Flower needs task events, including "sent" for beat-sent and manual tasks.
 worker_send_task_events = True
 task_send_sent_event = True
-task_track_started = True
 # One message at a time per process: syncs are few and long relative to the hop.
 worker_prefetch_multiplier = 1
 # Results are small JSON outcomes; keep a day of them for `celery result` and Flower.

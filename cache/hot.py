@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import islice
+from typing import Any, cast
 
 import orjson
 import redis
@@ -18,18 +19,20 @@ def stage_entries(
     client: redis.Redis, staged_key: str, entries: Mapping[str, bytes], keep_live: Sequence[str], ttl_s: int,
 ) -> int:
     """Build the next cache hash under staged_key; keep_live symbols keep their live entry. Returns its size."""
-    merged: dict[str, bytes] = dict(entries)
+    kept: dict[str, bytes] = {}
     if keep_live:
         live = client.hmget(keys.TOKENS, list(keep_live))
-        merged.update({s: v for s, v in zip(keep_live, live, strict=True) if isinstance(v, bytes)})
-    pipe = client.pipeline(transaction=False)
-    pipe.delete(staged_key)
-    items = list(merged.items())
-    for start in range(0, len(items), HSET_CHUNK):
-        pipe.hset(staged_key, mapping=dict(items[start:start + HSET_CHUNK]))
-    pipe.expire(staged_key, ttl_s)
-    pipe.execute()
-    return len(merged)
+        kept = {s: v for s, v in zip(keep_live, live, strict=True) if isinstance(v, bytes) and s not in entries}
+    client.delete(staged_key)
+    # A round trip per chunk: the whole hash is never packed into one buffer (memory at 100k contracts).
+    for source in (entries, kept):
+        pairs = iter(source.items())
+        while chunk := dict(islice(pairs, HSET_CHUNK)):
+            pipe = client.pipeline(transaction=False)
+            pipe.hset(staged_key, mapping=cast("dict[Any, bytes]", chunk))
+            pipe.expire(staged_key, ttl_s)
+            pipe.execute()
+    return len(entries) + len(kept)
 
 
 def publish(client: redis.Redis, staged_key: str, revision: int, size: int) -> bool:

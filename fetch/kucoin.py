@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,8 +105,25 @@ def _describe(body: bytes) -> str:
     return f"{len(body)} bytes that are not JSON"
 
 
-def get_json(url: str, *, timeout_s: float, max_bytes: int) -> Fetched:
-    """One GET of a KuCoin endpoint: the envelope's data, or a FetchError that says why in one line."""
+# A large success answer is recognised by its envelope alone, so the chain's fetch step does not decode
+# megabytes only to look at "code" (the diff step decodes it once). Anything else is decoded and checked.
+_OK_LIST_HEAD = re.compile(rb'\A\s*\{\s*"code"\s*:\s*"200000"\s*,\s*"data"\s*:\s*\[')
+_OK_LIST_TAIL = re.compile(rb'\]\s*\}\s*\Z')
+_DECODE_BELOW = 64 * 1024
+
+
+def _plain_success_list(status: int, body: bytes) -> bool:
+    return (
+        status == 200 and len(body) >= _DECODE_BELOW
+        and _OK_LIST_HEAD.match(body, 0, 256) is not None and _OK_LIST_TAIL.search(body, len(body) - 64) is not None
+    )
+
+
+def get_json(url: str, *, timeout_s: float, max_bytes: int, decode: bool = True) -> Fetched:
+    """One GET of a KuCoin endpoint: the envelope's data, or a FetchError that says why in one line.
+
+    With decode=False a large, plainly successful list is returned undecoded (data None) for a later step.
+    """
     started = time.perf_counter()
     fetched_at_ms = int(time.time() * 1000)
     try:
@@ -122,6 +140,9 @@ def get_json(url: str, *, timeout_s: float, max_bytes: int) -> Fetched:
             body = _read_body(response, max_bytes)
         except requests.exceptions.Timeout as exc:
             raise TransientFetchError(f"timeout reading the body after {timeout_s:g} s") from exc
+    if not decode and _plain_success_list(status, body):
+        return Fetched(data=None, body=body, fetched_at_ms=fetched_at_ms,
+                       elapsed_ms=(time.perf_counter() - started) * 1000.0)
     try:
         envelope = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -149,9 +170,11 @@ def backoff_delay(attempt: int, retry_after_s: float | None = None) -> float:
     return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
 
 
-def fetch_active(base_url: str, *, timeout_s: float, max_bytes: int) -> Fetched:
-    """One call of the active-contracts endpoint; data is checked to be a list."""
-    fetched = get_json(base_url + ACTIVE_PATH, timeout_s=timeout_s, max_bytes=max_bytes)
+def fetch_active(base_url: str, *, timeout_s: float, max_bytes: int, decode: bool = True) -> Fetched:
+    """One call of the active-contracts endpoint; data is checked to be a list (when decoded)."""
+    fetched = get_json(base_url + ACTIVE_PATH, timeout_s=timeout_s, max_bytes=max_bytes, decode=decode)
+    if fetched.data is None and not decode:
+        return fetched
     if not isinstance(fetched.data, list):
         raise BadResponseError(f"data is a {type(fetched.data).__name__}, expected a list of contracts")
     return fetched

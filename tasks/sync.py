@@ -46,7 +46,8 @@ def sync() -> str:
     return sync_id
 
 
-@app.task(name=FETCH, bind=True, max_retries=None)  # bounded by TOKENWATCH_HTTP_RETRIES below
+# The chain hands each step's return value to the next in the message: no need to store it as a result.
+@app.task(name=FETCH, bind=True, max_retries=None, ignore_result=True)  # bounded by TOKENWATCH_HTTP_RETRIES below
 def fetch_contracts(self: Task, sync_id: str | None = None, started_at: int | None = None) -> Meta:
     """Fetch the active contracts and stage the raw answer in Redis; pass its key on."""
     settings = get_settings()
@@ -59,7 +60,7 @@ def fetch_contracts(self: Task, sync_id: str | None = None, started_at: int | No
     except redis.RedisError as exc:
         return _failed(meta, "failed", f"Redis unreachable: {pipeline.one_line(exc)}")
     try:
-        snapshot = pipeline.fetch_snapshot(settings, sync_id, started_at, retry=False)
+        snapshot = pipeline.fetch_snapshot(settings, sync_id, started_at, retry=False, decode=False)
     except TransientFetchError as exc:
         if self.request.retries < settings.http_retries:
             delay = kucoin.backoff_delay(self.request.retries, exc.retry_after_s)
@@ -77,7 +78,7 @@ def fetch_contracts(self: Task, sync_id: str | None = None, started_at: int | No
     return {**meta, "snapshot_key": key, "fetched_at_ms": snapshot.fetched_at_ms, "api_ms": snapshot.api_ms}
 
 
-@app.task(name=DIFF)
+@app.task(name=DIFF, ignore_result=True)
 def diff_and_build(meta: Meta) -> Meta:
     """Classify the staged snapshot against the registry; stage the plan and the next cache."""
     if meta["status"] != "running":

@@ -370,3 +370,23 @@ def test_contract_status_does_not_call_other_error_codes_gone(server: LocalServe
     with pytest.raises(BadResponseError) as info:
         kucoin.contract_status(server.base_url, "XBTUSDTM", timeout_s=TIMEOUT_S)
     assert info.value.code == code
+
+
+BIG = [{"symbol": f"SYM{i}USDTM", "status": "Open", "pad": "x" * 100} for i in range(1_000)]
+
+
+def test_undecoded_fetch_passes_a_large_success_list_through_undecoded(server: LocalServer) -> None:
+    server.route(ACTIVE, envelope(BIG))
+    fetched = kucoin.fetch_active(server.base_url, timeout_s=TIMEOUT_S, max_bytes=MAX_BYTES, decode=False)
+    assert fetched.data is None
+    assert json.loads(fetched.body)["data"] == BIG
+
+
+def test_undecoded_fetch_still_checks_anything_but_a_plain_success(server: LocalServer) -> None:
+    server.route(ACTIVE, reply(200, json.dumps({"data": BIG, "code": "200000"}).encode()))
+    reordered = kucoin.fetch_active(server.base_url, timeout_s=TIMEOUT_S, max_bytes=MAX_BYTES, decode=False)
+    assert reordered.data == BIG  # not the fast path's shape: decoded and checked as usual
+    big_error = json.dumps({"code": "500000", "msg": "x" * 70_000}).encode()
+    server.route(ACTIVE, reply(200, big_error))
+    with pytest.raises(BadResponseError, match="500000"):
+        kucoin.fetch_active(server.base_url, timeout_s=TIMEOUT_S, max_bytes=MAX_BYTES, decode=False)
