@@ -46,8 +46,7 @@ def sync() -> str:
     return sync_id
 
 
-# The chain hands each step's return value to the next in the message: no need to store it as a result.
-@app.task(name=FETCH, bind=True, max_retries=None, ignore_result=True)  # bounded by TOKENWATCH_HTTP_RETRIES below
+@app.task(name=FETCH, bind=True, max_retries=None)  # bounded by TOKENWATCH_HTTP_RETRIES below
 def fetch_contracts(self: Task, sync_id: str | None = None, started_at: int | None = None) -> Meta:
     """Fetch the active contracts and stage the raw answer in Redis; pass its key on."""
     settings = get_settings()
@@ -78,7 +77,7 @@ def fetch_contracts(self: Task, sync_id: str | None = None, started_at: int | No
     return {**meta, "snapshot_key": key, "fetched_at_ms": snapshot.fetched_at_ms, "api_ms": snapshot.api_ms}
 
 
-@app.task(name=DIFF, ignore_result=True)
+@app.task(name=DIFF)
 def diff_and_build(meta: Meta) -> Meta:
     """Classify the staged snapshot against the registry; stage the plan and the next cache."""
     if meta["status"] != "running":
