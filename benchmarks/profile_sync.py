@@ -16,9 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import redis
-
 from benchmarks import exchange
+from cache.redis_client import get_redis
 from tokenwatch import pipeline
 from tokenwatch.embedded import EmbeddedRedis
 from tokenwatch.settings import Settings
@@ -38,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with EmbeddedRedis(str(workdir / "redis.sock"), str(workdir)) as server, \
                 Simulator(port=0, contracts=args.size, seed=SEED) as sim:
-            client = redis.Redis(unix_socket_path=server.socket_path)
+            client = get_redis(server.url)  # the client the workers use
             client.config_set("save", "")
             settings = Settings(kucoin_url=sim.url, database_url=f"sqlite:///{workdir / 'tokens.db'}",
                                 redis_url=server.url, http_retries=0)

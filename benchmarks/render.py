@@ -130,7 +130,8 @@ def render(report: dict[str, Any]) -> str:
         "simulator changes undone); its child first runs one unmeasured sync of the unchanged exchange (a running "
         "worker's previous sync: registry snapshot,",
         "parse memo, engines) and pre-compiles the write statements, then the exchange is scripted and the "
-        "measured sync runs. JSON decode: time inside orjson.loads.",
+        "measured sync runs. JSON decode: time inside the JSON decoders (api: the fetch's envelope check, "
+        "orjson; process: the split of the answer and the per-contract decode, msgspec).",
         "Reference notes:",
         *(f"  {k}: {v}" for k, v in m["reference_notes"].items()),
     ]

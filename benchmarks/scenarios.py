@@ -26,9 +26,11 @@ import redis
 
 from benchmarks import references
 from benchmarks.child import Pause
-from benchmarks.warm import JsonTimer, vm_status, warm_writer
+from benchmarks.warm import CallTimer, JsonTimer, vm_status, warm_writer
 from cache import hot, keys
+from cache.redis_client import get_redis
 from db.engine import dispose_engines, init_db, make_engine
+from domain import contracts
 from fetch import kucoin
 from tokenwatch import pipeline
 from tokenwatch.settings import Settings
@@ -77,7 +79,7 @@ class Measurement:
     """Everything one child measured."""
 
     phases: dict[str, float]
-    decode_ms: dict[str, float]  # time in orjson.loads within the api phase (the fetch) and the process phase
+    decode_ms: dict[str, float]  # time in JSON decoders within the api phase (the fetch) and the process phase
     db_load_cold_ms: float | None  # the previous sync's db_load: a full load_registry (None for cold)
     db_load_warm: bool  # build() found the in-process registry snapshot
     warmup_ms: float  # the rolled-back first use of the write statements
@@ -198,7 +200,7 @@ def _reference(job: Job, name: str, rows: references.Rows, client: redis.Redis, 
 
 def _cache_entries(client: redis.Redis, built: pipeline.Built) -> dict[str, bytes]:
     """The hash the sync published: its new entries, and the live ones it kept for absent-but-kept symbols."""
-    cache = dict(built.entries)
+    cache = {symbol: bytes(text) for symbol, text in built.entries.items()}
     missing = built.plan.missing
     if missing:
         kept = client.hmget(keys.TOKENS, missing)
@@ -213,8 +215,11 @@ def measure(job: Job, pause: Pause) -> Measurement:
     settings = Settings(
         kucoin_url=job.sim_url, database_url=f"sqlite:///{job.db_path}", redis_url=job.redis_url, http_retries=0,
     )
-    client = redis.Redis.from_url(job.redis_url)
-    json_timers = {"api": JsonTimer.install(kucoin), "process": JsonTimer.install(pipeline)}
+    client = get_redis(job.redis_url)  # the client the workers use
+    json_timers: dict[str, JsonTimer | CallTimer] = {
+        "api": JsonTimer.install(kucoin),
+        "process": CallTimer.install(contracts, "_decode_envelope", "_decode_fields"),
+    }
     keep = _KeepBuilt()
     db_load_cold: float | None = None
     prestate: str | None = None

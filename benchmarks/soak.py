@@ -8,11 +8,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-import redis
 import requests
 
 from benchmarks.child import Pause
 from benchmarks.warm import vm_status
+from cache.redis_client import get_redis
 from tokenwatch import pipeline
 from tokenwatch.settings import Settings
 
@@ -63,7 +63,7 @@ def soak(job: SoakJob, pause: Pause) -> SoakResult:
     settings = Settings(
         kucoin_url=job.sim_url, database_url=f"sqlite:///{job.db_path}", redis_url=job.redis_url, http_retries=0,
     )
-    client = redis.Redis.from_url(job.redis_url)
+    client = get_redis(job.redis_url)  # the client the workers use
     session = requests.Session()
     result = SoakResult()
     del pause  # nothing to wait for: this process scripts the exchange itself

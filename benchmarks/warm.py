@@ -83,3 +83,31 @@ class JsonTimer:
         timer = cls()
         vars(module)["orjson"] = timer
         return timer
+
+
+class CallTimer:
+    """Wraps module-level functions of one module and adds up the time spent in them (in this process only).
+
+    Used on domain.contracts' two JSON decoders: the envelope split (once per sync) and the per-contract
+    decode (once per contract; the wrapper adds well under a microsecond to each call).
+    """
+
+    def __init__(self) -> None:
+        self.ms = 0.0
+
+    def _wrap(self, function: Any) -> Any:
+        def timed(*args: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return function(*args)
+            finally:
+                self.ms += (time.perf_counter() - started) * 1000.0
+        return timed
+
+    @classmethod
+    def install(cls, module: ModuleType, *names: str) -> CallTimer:
+        """Replace each named function of the module with a timed one."""
+        timer = cls()
+        for name in names:
+            vars(module)[name] = timer._wrap(getattr(module, name))
+        return timer

@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import orjson
 import redis
+from typing_extensions import Buffer
 
 from cache import keys
 
@@ -16,9 +17,13 @@ HSET_CHUNK = 1_000
 
 
 def stage_entries(
-    client: redis.Redis, staged_key: str, entries: Mapping[str, bytes], keep_live: Sequence[str], ttl_s: int,
+    client: redis.Redis, staged_key: str, entries: Mapping[str, Buffer], keep_live: Sequence[str], ttl_s: int,
 ) -> int:
-    """Build the next cache hash under staged_key; keep_live symbols keep their live entry. Returns its size."""
+    """Build the next cache hash under staged_key; keep_live symbols keep their live entry. Returns its size.
+
+    Entries may be any buffer (slices of the exchange's answer): each chunk is copied to bytes only as it is
+    sent, so the whole hash never exists twice in this process.
+    """
     kept: dict[str, bytes] = {}
     if keep_live:
         live = client.hmget(keys.TOKENS, list(keep_live))
@@ -27,7 +32,7 @@ def stage_entries(
     # A round trip per chunk: the whole hash is never packed into one buffer (memory at 100k contracts).
     for source in (entries, kept):
         pairs = iter(source.items())
-        while chunk := dict(islice(pairs, HSET_CHUNK)):
+        while chunk := {symbol: bytes(value) for symbol, value in islice(pairs, HSET_CHUNK)}:
             pipe = client.pipeline(transaction=False)
             pipe.hset(staged_key, mapping=cast("dict[Any, bytes]", chunk))
             pipe.expire(staged_key, ttl_s)

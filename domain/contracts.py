@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import msgspec
+import orjson
 
 FieldKind = Literal["str", "int", "float", "bool", "ms", "list"]
 
@@ -87,14 +90,18 @@ _RATES = frozenset({"initialMargin", "maintainMargin", "makerFeeRate", "takerFee
 Meta = tuple[Any, ...]
 
 
+# One contract object's JSON text: a zero-copy slice of the exchange's answer, or bytes.
+RawJson = msgspec.Raw | bytes
+
+
 @dataclass(frozen=True, slots=True)
 class Contract:
-    """A validated contract: its key fields, normalised metadata and the raw object for the cache."""
+    """A validated contract: its key fields, normalised metadata and its JSON text for the cache."""
 
     symbol: str
     status: str
     meta: Meta
-    raw: Mapping[str, Any]
+    raw: RawJson
 
     @property
     def contract_type(self) -> str:
@@ -110,8 +117,18 @@ class Contract:
         value = self.meta[_FIRST_OPEN_AT]
         return None if value is None else int(value)
 
+    @property
+    def base_currency(self) -> str:
+        return str(self.meta[_BASE_AT])
+
+    @property
+    def quote_currency(self) -> str:
+        return str(self.meta[_QUOTE_AT])
+
 
 _TYPE_AT = METADATA_KEYS.index("type")
+_BASE_AT = METADATA_KEYS.index("baseCurrency")
+_QUOTE_AT = METADATA_KEYS.index("quoteCurrency")
 _EXPIRE_AT = METADATA_KEYS.index("expireDate")
 _FIRST_OPEN_AT = METADATA_KEYS.index("firstOpenDate")
 
@@ -166,32 +183,55 @@ def _normalise(key: str, kind: FieldKind, value: Any) -> Any:
 
 
 def parse_contract(obj: Any) -> Contract:
-    """Validate one contract object; raise InvalidContract with a message safe to log."""
+    """Validate one decoded contract object; raise InvalidContract with a message safe to log."""
     if not isinstance(obj, dict):
         raise InvalidContract(f"contract is a {type(obj).__name__}, expected an object")
-    for key in REQUIRED:
-        value = obj.get(key)
+    return _validated(obj.get("symbol"), obj.get("status"), tuple(map(obj.get, METADATA_KEYS)), _json(obj))
+
+
+def _validated(symbol: Any, status: Any, raw_meta: tuple[Any, ...], raw: RawJson) -> Contract:
+    for key, value in zip(REQUIRED, (symbol, raw_meta[_TYPE_AT], status, *(raw_meta[i] for i in _CURRENCIES_AT)),
+                          strict=True):
         if not isinstance(value, str) or not value:
             raise InvalidContract(f"required key {key} is missing or not a string")
-    symbol = obj["symbol"]
     if not SYMBOL_RE.fullmatch(symbol):
         raise InvalidContract("symbol is not 1-40 letters and digits")
-    for key in ("type", "status", "baseCurrency", "quoteCurrency", "settleCurrency"):
-        if not IDENT_RE.fullmatch(obj[key]):
+    for key, value in zip(REQUIRED[1:], (raw_meta[_TYPE_AT], status, *(raw_meta[i] for i in _CURRENCIES_AT)),
+                          strict=True):
+        if not IDENT_RE.fullmatch(value):
             raise InvalidContract(f"{key} is not a short identifier")
-    meta = tuple(_normalise(key, kind, obj.get(key)) for key, _, kind in METADATA_FIELDS)
-    for key in _POSITIVE:
-        at = METADATA_KEYS.index(key)
+    meta = tuple(_normalise(key, kind, value) for (key, _, kind), value in zip(METADATA_FIELDS, raw_meta, strict=True))
+    for at in _POSITIVE_AT:
         if meta[at] is not None and meta[at] <= 0:
-            raise InvalidContract(f"{key} must be positive")
-    for key in _RATES:
-        at = METADATA_KEYS.index(key)
+            raise InvalidContract(f"{METADATA_KEYS[at]} must be positive")
+    for at in _RATES_AT:
         if meta[at] is not None and not -1 <= meta[at] <= 1:
-            raise InvalidContract(f"{key} is not a plausible rate")
-    leverage = meta[METADATA_KEYS.index("maxLeverage")]
+            raise InvalidContract(f"{METADATA_KEYS[at]} is not a plausible rate")
+    leverage = meta[_LEVERAGE_AT]
     if leverage is not None and not 0 < leverage <= 10_000:
         raise InvalidContract("maxLeverage is not plausible")
-    return Contract(symbol=symbol, status=obj["status"], meta=meta, raw=obj)
+    return Contract(symbol=symbol, status=status, meta=meta, raw=raw)
+
+
+_CURRENCIES_AT = tuple(METADATA_KEYS.index(k) for k in ("baseCurrency", "quoteCurrency", "settleCurrency"))
+_POSITIVE_AT = tuple(sorted(METADATA_KEYS.index(k) for k in _POSITIVE))
+_RATES_AT = tuple(sorted(METADATA_KEYS.index(k) for k in _RATES))
+_LEVERAGE_AT = METADATA_KEYS.index("maxLeverage")
+
+# Only the keys we validate are decoded; market data and unknown keys stay in the raw text for the cache.
+# The types are wide (a number may come as a string); a value of any other type fails the fast decode and
+# the object is then decoded whole, so parse_contract can say which key is wrong.
+_NUMBER = int | float | str | None
+_DECODED_TYPE: dict[FieldKind, Any] = {
+    "str": str | None, "bool": bool | None, "list": list[str] | None, "float": _NUMBER, "int": _NUMBER, "ms": _NUMBER,
+}
+_Fields = msgspec.defstruct(
+    "_Fields",
+    [("symbol", str | None, None), ("status", str | None, None)]
+    + [(key, _DECODED_TYPE[kind], None) for key, _, kind in METADATA_FIELDS],
+)
+_decode_fields = msgspec.json.Decoder(_Fields).decode
+_astuple = msgspec.structs.astuple
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,12 +243,36 @@ class ParseResult:
     reasons: tuple[str, ...]
 
 
-# What validation concluded about one symbol's raw metadata: (status, raw metadata values, normalised meta).
+# What validation concluded about one symbol's raw values: (status, raw metadata values, normalised meta).
 Memo = dict[str, tuple[str, tuple[Any, ...], Meta]]
 
 
+def _fields(item: Any) -> tuple[Any, Any, tuple[Any, ...], RawJson]:
+    """(symbol, status, raw metadata values, JSON text) of one list item; InvalidContract if it is no object."""
+    if isinstance(item, msgspec.Raw | bytes):
+        try:
+            values = _astuple(_decode_fields(item))
+        except msgspec.DecodeError:  # includes ValidationError: a key of an unexpected type, or no object
+            try:
+                decoded = orjson.loads(memoryview(item))  # decoded whole only so that parse_contract names the key
+            except orjson.JSONDecodeError:
+                raise InvalidContract("contract is not valid JSON") from None
+            parse_contract(decoded)
+            raise InvalidContract("contract has a value of an unexpected type") from None
+        return values[0], values[1], values[2:], item
+    if not isinstance(item, dict):
+        raise InvalidContract(f"contract is a {type(item).__name__}, expected an object")
+    return item.get("symbol"), item.get("status"), tuple(map(item.get, METADATA_KEYS)), _json(item)
+
+
+def _json(obj: dict[str, Any]) -> bytes:
+    # orjson 3.12+ over-allocates each output about 8x; an exact-size copy keeps many of them small.
+    return memoryview(orjson.dumps(obj)).tobytes()
+
+
 def parse_contracts(items: Iterable[Any], keep_reasons: int = 5, memo: Memo | None = None) -> ParseResult:
-    """Parse a contract list; bad records and repeated symbols are counted as invalid, never raised.
+    """Parse a contract list (JSON texts or decoded objects); bad records and repeated symbols are counted as
+    invalid, never raised.
 
     With a memo (kept between syncs by the caller), a contract whose status and raw metadata values equal
     last time's reuses last time's result: validation depends on nothing else, and most never change.
@@ -218,22 +282,13 @@ def parse_contracts(items: Iterable[Any], keep_reasons: int = 5, memo: Memo | No
     reasons: list[str] = []
     fresh: Memo = {}
     for index, item in enumerate(items):
-        if memo is not None and type(item) is dict:
-            symbol = item.get("symbol")
-            known = memo.get(symbol) if type(symbol) is str else None
-            if (
-                known is not None and known[0] == item.get("status")
-                and known[1] == tuple(map(item.get, METADATA_KEYS))
-            ):
-                assert isinstance(symbol, str)
-                if symbol in contracts:
-                    invalid += 1
-                    continue
-                contracts[symbol] = Contract(symbol=symbol, status=known[0], meta=known[2], raw=item)
-                fresh[symbol] = known
-                continue
         try:
-            contract = parse_contract(item)
+            symbol, status, raw_meta, raw = _fields(item)
+            known = memo.get(symbol) if memo is not None and type(symbol) is str else None
+            if known is not None and known[0] == status and known[1] == raw_meta:
+                contract = Contract(symbol=symbol, status=known[0], meta=known[2], raw=raw)
+            else:
+                contract = _validated(symbol, status, raw_meta, raw)
         except InvalidContract as exc:
             invalid += 1
             if len(reasons) < keep_reasons:
@@ -246,9 +301,25 @@ def parse_contracts(items: Iterable[Any], keep_reasons: int = 5, memo: Memo | No
             continue
         contracts[contract.symbol] = contract
         if memo is not None:
-            fresh[contract.symbol] = (contract.status, tuple(map(item.get, METADATA_KEYS)), contract.meta)
+            fresh[contract.symbol] = (contract.status, raw_meta, contract.meta)
     if memo is not None:
         # Only this snapshot's symbols stay remembered, so the memo never outgrows the exchange.
         memo.clear()
         memo.update(fresh)
     return ParseResult(contracts=contracts, invalid=invalid, reasons=tuple(reasons))
+
+
+def contract_list(body: bytes | bytearray | memoryview) -> list[msgspec.Raw] | None:
+    """The data list of a success envelope as one JSON text per contract (zero-copy slices of body);
+    None when body is not such an envelope."""
+    try:
+        return _decode_envelope(body).data
+    except msgspec.DecodeError:
+        return None
+
+
+class _Envelope(msgspec.Struct):
+    data: list[msgspec.Raw]
+
+
+_decode_envelope = msgspec.json.Decoder(_Envelope).decode

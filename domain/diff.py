@@ -177,8 +177,8 @@ def build_plan(
                 counts["listed"] += 1
                 events.append(Event(symbol, "listed", {
                     "type": contract.contract_type, "status": contract.status,
-                    "baseCurrency": contract.raw.get("baseCurrency"),
-                    "quoteCurrency": contract.raw.get("quoteCurrency"), "firstOpenDate": first_open,
+                    "baseCurrency": contract.base_currency,
+                    "quoteCurrency": contract.quote_currency, "firstOpenDate": first_open,
                 }))
             continue
 

@@ -59,7 +59,7 @@ def fetch_contracts(self: Task, sync_id: str | None = None, started_at: int | No
     except redis.RedisError as exc:
         return _failed(meta, "failed", f"Redis unreachable: {pipeline.one_line(exc)}")
     try:
-        snapshot = pipeline.fetch_snapshot(settings, sync_id, started_at, retry=False, decode=False)
+        snapshot = pipeline.fetch_snapshot(settings, sync_id, started_at, retry=False)
     except TransientFetchError as exc:
         if self.request.retries < settings.http_retries:
             delay = kucoin.backoff_delay(self.request.retries, exc.retry_after_s)

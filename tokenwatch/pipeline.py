@@ -11,11 +11,11 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import redis
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -24,7 +24,7 @@ from db.engine import get_engine
 from db.queries import load_registry, sync_run
 from db.schema import PHASES
 from db.writer import WriteResult, apply_plan, record_outcome, sync_run_row
-from domain.contracts import Memo, parse_contracts
+from domain.contracts import Memo, RawJson, contract_list, parse_contracts
 from domain.diff import COUNT_KEYS, Plan, build_plan, is_suspect, missing_symbols
 from domain.registry import Registry
 from fetch import kucoin
@@ -84,9 +84,8 @@ class Snapshot:
     sync_id: str
     started_at: int
     fetched_at_ms: int
-    body: bytes
+    body: bytes | bytearray
     api_ms: float
-    data: list[Any] | None = None  # the decoded contract list, when the fetch already decoded it
 
 
 @dataclass(slots=True)
@@ -94,7 +93,7 @@ class Built:
     """The diff's product: the plan, the next cache entries and the timings so far."""
 
     plan: Plan
-    entries: dict[str, bytes]
+    entries: dict[str, RawJson]  # symbol -> its JSON text, sliced from the exchange's answer
     started_at: int
     timings: dict[str, float]
 
@@ -111,17 +110,13 @@ class Timer:
 
 # ---- fetch ---------------------------------------------------------------------------------------------
 
-def fetch_snapshot(
-    settings: Settings, sync_id: str, started_at: int, *, retry: bool = True, decode: bool = True,
-) -> Snapshot:
-    """Call the active-contracts endpoint (with bounded retries when retry is set).
-
-    decode=False suits a step that only stages the body: a large success list is then decoded once, later.
-    """
+def fetch_snapshot(settings: Settings, sync_id: str, started_at: int, *, retry: bool = True) -> Snapshot:
+    """Call the active-contracts endpoint (with bounded retries when retry is set); the body stays undecoded
+    when its envelope plainly says success (build() decodes it, once)."""
     def call() -> kucoin.Fetched:
         return kucoin.fetch_active(
             settings.kucoin_url, timeout_s=settings.http_timeout_s, max_bytes=settings.max_response_bytes,
-            decode=decode,
+            decode=False,
         )
 
     timer = Timer()
@@ -132,8 +127,7 @@ def fetch_snapshot(
     finally:
         if paused:
             gc.enable()
-    data = fetched.data if isinstance(fetched.data, list) else None
-    return Snapshot(sync_id, started_at, fetched.fetched_at_ms, fetched.body, timer.ms(), data)
+    return Snapshot(sync_id, started_at, fetched.fetched_at_ms, fetched.body, timer.ms())
 
 
 # ---- diff and build ------------------------------------------------------------------------------------
@@ -173,11 +167,10 @@ def remember_registry(registry: Registry) -> None:
     _registry_snapshot = (os.getpid(), registry)
 
 
-def decode_contract_list(body: bytes) -> list[Any]:
-    """The data list out of an active-contracts envelope already checked by the fetch step."""
-    envelope = orjson.loads(body)
-    data = envelope.get("data") if isinstance(envelope, dict) else None
-    if not isinstance(data, list):
+def decode_contract_list(body: bytes | bytearray) -> Sequence[RawJson]:
+    """One JSON text per contract out of an active-contracts envelope already checked by the fetch step."""
+    data = contract_list(body)
+    if data is None:
         raise BadResponseError("staged snapshot holds no contract list")
     return data
 
@@ -222,8 +215,7 @@ def _build(settings: Settings, snapshot: Snapshot, client: redis.Redis | None) -
             f"snapshot fetched at {snapshot.fetched_at_ms} is not newer than the applied one "
             f"({registry.last_fetched_at})"
         )
-    items = snapshot.data if snapshot.data is not None else decode_contract_list(snapshot.body)
-    snapshot.data = None
+    items = decode_contract_list(snapshot.body)
     parsed = parse_contracts(items, memo=_parse_memo())
     if parsed.invalid:
         log.warning("skipped %d invalid contracts, first: %s", parsed.invalid, "; ".join(parsed.reasons))
@@ -243,8 +235,9 @@ def _build(settings: Settings, snapshot: Snapshot, client: redis.Redis | None) -
         invalid=parsed.invalid, max_drop_pct=settings.max_drop_pct, still_listed=still_listed,
         unconfirmed=unconfirmed,
     )
-    # orjson 3.12+ over-allocates each output about 8x; an exact-size copy keeps 100k entries small.
-    entries = {symbol: memoryview(orjson.dumps(c.raw)).tobytes() for symbol, c in parsed.contracts.items()}
+    # The cache holds each contract's JSON exactly as the exchange sent it: no re-encoding, and no copy
+    # until stage_cache sends it.
+    entries = {symbol: c.raw for symbol, c in parsed.contracts.items()}
     remember_registry(plan.apply_to(registry))
     # The per-symbol checks are network time: counted in api, not in process.
     timings = {"api": snapshot.api_ms, "db_load": db_load_ms, "process": timer.ms() - confirm_ms}

@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from domain.contracts import (
     METADATA_KEYS,
     REQUIRED,
     InvalidContract,
+    contract_list,
     parse_contract,
     parse_contracts,
 )
@@ -76,7 +78,20 @@ def assert_refused(obj: Any, *, hides: str | None = None) -> str:
     result = parse_contracts([obj])
     assert result.invalid == 1
     assert result.contracts == {}
+    # So does the path the sync takes, JSON texts sliced from the answer, with the same reason.
+    text = orjson.dumps(obj)
+    if orjson.loads(text) == obj:  # NaN and infinity have no JSON spelling
+        from_text = parse_contracts(texts_of([obj]))
+        assert (from_text.invalid, from_text.contracts) == (1, {})
+        assert from_text.reasons == (f"item 0: {message}",)
     return message
+
+
+def texts_of(items: list[Any], *, option: int = 0) -> list[Any]:
+    """The items as the sync sees them: JSON texts sliced out of a success envelope."""
+    texts = contract_list(orjson.dumps({"code": "200000", "data": items}, option=option))
+    assert texts is not None
+    return list(texts)
 
 
 # ---- real captures -----------------------------------------------------------------------------------------
@@ -93,6 +108,18 @@ def test_every_kucoin_capture_parses_without_invalid(path: Path) -> None:
         assert contract.status == item["status"]
         assert contract.contract_type == item["type"]
         assert contract.first_open_date == item["firstOpenDate"]
+
+
+@pytest.mark.parametrize("path", fixture_params())
+def test_every_kucoin_capture_parses_alike_from_json_texts(path: Path) -> None:
+    items = fixture_items(path)
+    from_texts = parse_contracts(texts_of(items))
+    from_objects = parse_contracts(items)
+    assert from_texts.invalid == 0
+    assert {s: (c.status, c.meta) for s, c in from_texts.contracts.items()} == {
+        s: (c.status, c.meta) for s, c in from_objects.contracts.items()}
+    for item in items:
+        assert orjson.loads(bytes(from_texts.contracts[item["symbol"]].raw)) == item
 
 
 def test_fixture_folder_holds_list_and_single_contract_captures() -> None:
@@ -112,13 +139,14 @@ def test_unknown_keys_are_kept_in_raw() -> None:
     assert "premiumsSymbol8H" in unknown  # a key tokenwatch does not model
     contract = parse_contract(item)
     for key in unknown:
-        assert contract.raw[key] == item[key]
+        assert orjson.loads(bytes(contract.raw))[key] == item[key]
 
 
 def test_unknown_keys_of_a_future_api_version_are_kept() -> None:
     contract = parse_contract(valid_contract(brandNewKey={"nested": [1, 2]}, anotherOne=None))
-    assert contract.raw["brandNewKey"] == {"nested": [1, 2]}
-    assert "anotherOne" in contract.raw
+    raw = orjson.loads(bytes(contract.raw))
+    assert raw["brandNewKey"] == {"nested": [1, 2]}
+    assert "anotherOne" in raw
 
 
 # ---- required keys and types -------------------------------------------------------------------------------
@@ -190,8 +218,9 @@ def test_absurd_values_are_invalid(key: str, value: Any) -> None:
 def test_market_data_is_not_validated() -> None:
     # Prices change every call and only feed the cache: a null or odd value must not drop the contract.
     contract = parse_contract(valid_contract(markPrice=None, openInterest="n/a"))
-    assert contract.raw["markPrice"] is None
-    assert contract.raw["openInterest"] == "n/a"
+    raw = orjson.loads(bytes(contract.raw))
+    assert raw["markPrice"] is None
+    assert raw["openInterest"] == "n/a"
 
 
 def test_nan_given_as_a_string_is_invalid() -> None:
@@ -254,7 +283,7 @@ def test_duplicate_symbols_are_counted_invalid_and_the_first_kept() -> None:
     result = parse_contracts([first, other, second])
     assert result.invalid == 1
     assert sorted(result.contracts) == ["ETHUSDTM", "XBTUSDTM"]
-    assert result.contracts["XBTUSDTM"].raw is first
+    assert orjson.loads(bytes(result.contracts["XBTUSDTM"].raw)) == first
     assert result.reasons == ("item 2: duplicate symbol XBTUSDTM",)
 
 
@@ -297,6 +326,47 @@ def test_memo_gives_the_same_result_as_a_full_parse() -> None:
     assert with_memo.invalid == without.invalid == 1
     assert {s: (c.status, c.meta) for s, c in with_memo.contracts.items()} == {
         s: (c.status, c.meta) for s, c in without.contracts.items()}
-    assert with_memo.contracts[items[3]["symbol"]].raw["markPrice"] == 1.0
+    assert orjson.loads(bytes(with_memo.contracts[items[3]["symbol"]].raw))["markPrice"] == 1.0
     assert first.contracts[items[0]["symbol"]].meta != with_memo.contracts[items[0]["symbol"]].meta
     assert items[1]["symbol"] not in memo  # only valid symbols of the latest snapshot are remembered
+
+
+def test_memo_gives_the_same_result_from_json_texts() -> None:
+    from tokenwatch.simulator.generator import generate_contracts
+
+    items = generate_contracts(30, seed=5)
+    memo: dict[str, Any] = {}
+    parse_contracts(texts_of(items), memo=memo)
+    items[0]["tickSize"] = 7.0
+    items[1]["maxLeverage"] = "many"
+    again = parse_contracts(texts_of(items), memo=memo)
+    fresh = parse_contracts(items)
+    assert again.invalid == fresh.invalid == 1
+    assert again.reasons == fresh.reasons
+    assert {s: c.meta for s, c in again.contracts.items()} == {s: c.meta for s, c in fresh.contracts.items()}
+
+
+# ---- slicing the answer into one JSON text per contract ----------------------------------------------------
+
+def test_contract_list_slices_exactly_whatever_the_spacing() -> None:
+    items = [valid_contract(), {"symbol": "A},{\"B", "x": [1, {"y": "}, {"}]}, 3, None]
+    for option in (0, orjson.OPT_INDENT_2):
+        texts = texts_of(items, option=option)
+        assert [orjson.loads(bytes(text)) for text in texts] == items
+    body = b'{"code":"200000","msg":"", "data" : [ {"a":1} , {"b":"]}"} ], "extra": {"data": 5}}'
+    texts = contract_list(body)
+    assert texts is not None
+    assert [bytes(t) for t in texts] == [b'{"a":1}', b'{"b":"]}"}']
+
+
+@pytest.mark.parametrize("body", [
+    b'{"code":"200000","data":{"symbol":"XBTUSDTM"}}',  # one contract, not a list
+    b'{"code":"200000"}',
+    b'{"code":"200000","data":[{"a":1},]}',  # malformed
+    b'{"code":"200000","data":[{"a":1}]',  # truncated
+    b'[{"a":1}]',
+    b'<html>busy</html>',
+    b'',
+])
+def test_contract_list_is_none_for_anything_but_a_list_envelope(body: bytes) -> None:
+    assert contract_list(body) is None

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import fakeredis
-import orjson
 import pytest
 import redis
 from sqlalchemy import Engine
@@ -56,7 +55,7 @@ class World:
         plan = build_plan(sync_id, parsed.contracts, load_registry(self.engine), now_ms=NOW_MS + self.syncs,
                           window_ms=int(WINDOW_H * 3_600_000), fetched=len(contracts), invalid=0)
         result = apply_plan(self.engine, plan, batch_size=100, started_at=NOW_MS, timings={})
-        entries = {symbol: orjson.dumps(c.raw) for symbol, c in parsed.contracts.items()}
+        entries = {symbol: bytes(c.raw) for symbol, c in parsed.contracts.items()}
         staged = keys.cache_key(sync_id)
         size = hot.stage_entries(self.client, staged, entries, plan.missing, 600)
         assert hot.publish(self.client, staged, result.revision, size)
