@@ -3,11 +3,46 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
 
 SOCKET_TIMEOUT_S = 5.0
+SEND_AS_IS = 64 * 1024  # arguments larger than this are sent as they are, never copied into a buffer
+
+
+class CommandPacker:
+    """RESP command packing with one join per command (hiredis still parses the replies).
+
+    redis-py's packers are slow for our large commands: hiredis's copies every argument into one buffer
+    (an 8 MB SET: 24 ms and +23 MB peak), the pure-Python one re-joins a growing buffer per argument (an
+    HSET of 530 contracts: 3.4 ms). Here each argument is touched once, and large ones are not copied.
+    """
+
+    def __init__(self, encode: Callable[[Any], bytes | memoryview]) -> None:
+        self.encode = encode
+
+    def pack(self, *args: Any) -> list[bytes | memoryview]:
+        """The command as pieces for sendall, as redis-py's own packers return it."""
+        # A command name may carry its subcommand ("CONFIG GET"): Redis wants them as separate arguments.
+        if isinstance(args[0], str):
+            args = (*args[0].encode().split(), *args[1:])
+        elif b" " in args[0]:
+            args = (*args[0].split(), *args[1:])
+        output: list[bytes | memoryview] = []
+        pieces: list[bytes | memoryview] = [b"*%d\r\n" % len(args)]
+        for arg in map(self.encode, args):
+            size = arg.nbytes if isinstance(arg, memoryview) else len(arg)
+            if size > SEND_AS_IS:
+                pieces.append(b"$%d\r\n" % size)
+                output += (b"".join(pieces), arg)
+                pieces = [b"\r\n"]
+            else:
+                pieces += (b"$%d\r\n" % size, arg, b"\r\n")
+        output.append(b"".join(pieces))
+        return output
 
 _clients: dict[tuple[int, str], redis.Redis] = {}
 
@@ -31,10 +66,12 @@ def get_redis(url: str) -> redis.Redis:
     key = (os.getpid(), url)
     client = _clients.get(key)
     if client is None:
-        client = redis.Redis.from_url(
+        pool = redis.ConnectionPool.from_url(
             to_redis_py_url(url), socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S,
             health_check_interval=30, retry_on_timeout=False,
         )
+        pool.connection_kwargs["command_packer"] = CommandPacker(pool.get_encoder().encode)
+        client = redis.Redis(connection_pool=pool)
         _clients[key] = client
     return client
 
