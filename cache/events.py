@@ -59,6 +59,8 @@ def publish_pending(engine: Engine, client: redis.Redis, maxlen: int = STREAM_MA
             else:
                 appended += 1
         cursor = int(rows[-1]["id"])
+        if len(rows) < PUBLISH_BATCH:
+            break
     if appended:
         set_event_cursor(engine, cursor)
         log.info("published %d events to %s", appended, keys.EVENTS)
