@@ -28,15 +28,16 @@ def stage_entries(
     if keep_live:
         live = client.hmget(keys.TOKENS, list(keep_live))
         kept = {s: v for s, v in zip(keep_live, live, strict=True) if isinstance(v, bytes) and s not in entries}
-    client.delete(staged_key)
     # A round trip per chunk: the whole hash is never packed into one buffer (memory at 100k contracts).
+    pipe = client.pipeline(transaction=False)
+    pipe.delete(staged_key)
     for source in (entries, kept):
         pairs = iter(source.items())
         while chunk := {symbol: bytes(value) for symbol, value in islice(pairs, HSET_CHUNK)}:
-            pipe = client.pipeline(transaction=False)
             pipe.hset(staged_key, mapping=cast("dict[Any, bytes]", chunk))
             pipe.expire(staged_key, ttl_s)
             pipe.execute()
+    pipe.execute()  # only the DELETE when there was nothing to stage
     return len(entries) + len(kept)
 
 

@@ -31,9 +31,11 @@ class CommandPacker:
             args = (*args[0].encode().split(), *args[1:])
         elif b" " in args[0]:
             args = (*args[0].split(), *args[1:])
+        encode = self.encode
         output: list[bytes | memoryview] = []
         pieces: list[bytes | memoryview] = [b"*%d\r\n" % len(args)]
-        for arg in map(self.encode, args):
+        for value in args:
+            arg = value if type(value) is bytes else encode(value)  # most of a big command is bytes already
             size = arg.nbytes if isinstance(arg, memoryview) else len(arg)
             if size > SEND_AS_IS:
                 pieces.append(b"$%d\r\n" % size)

@@ -94,8 +94,7 @@ Meta = tuple[Any, ...]
 RawJson = msgspec.Raw | bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Contract:
+class Contract(msgspec.Struct, frozen=True):
     """A validated contract: its key fields, normalised metadata and its JSON text for the cache."""
 
     symbol: str
@@ -243,13 +242,13 @@ class ParseResult:
     reasons: tuple[str, ...]
 
 
-# What validation concluded about one symbol's raw values: (status, raw metadata values, normalised meta).
-Memo = dict[str, tuple[str, tuple[Any, ...], Meta]]
+# What validation concluded about one symbol: (its raw values as _fields gives them, normalised meta).
+Memo = dict[str, tuple[tuple[Any, ...], Meta]]
 
 
-def _fields(item: Any) -> tuple[Any, Any, tuple[Any, ...], RawJson]:
-    """(symbol, status, raw metadata values, JSON text) of one list item; InvalidContract if it is no object."""
-    if isinstance(item, msgspec.Raw | bytes):
+def _fields(item: Any) -> tuple[tuple[Any, ...], RawJson]:
+    """((symbol, status, *raw metadata values), JSON text) of one list item; InvalidContract if it is no object."""
+    if type(item) is msgspec.Raw or isinstance(item, bytes):
         try:
             values = _astuple(_decode_fields(item))
         except msgspec.DecodeError:  # includes ValidationError: a key of an unexpected type, or no object
@@ -259,10 +258,10 @@ def _fields(item: Any) -> tuple[Any, Any, tuple[Any, ...], RawJson]:
                 raise InvalidContract("contract is not valid JSON") from None
             parse_contract(decoded)
             raise InvalidContract("contract has a value of an unexpected type") from None
-        return values[0], values[1], values[2:], item
+        return values, item
     if not isinstance(item, dict):
         raise InvalidContract(f"contract is a {type(item).__name__}, expected an object")
-    return item.get("symbol"), item.get("status"), tuple(map(item.get, METADATA_KEYS)), _json(item)
+    return (item.get("symbol"), item.get("status"), *map(item.get, METADATA_KEYS)), _json(item)
 
 
 def _json(obj: dict[str, Any]) -> bytes:
@@ -283,12 +282,13 @@ def parse_contracts(items: Iterable[Any], keep_reasons: int = 5, memo: Memo | No
     fresh: Memo = {}
     for index, item in enumerate(items):
         try:
-            symbol, status, raw_meta, raw = _fields(item)
+            values, raw = _fields(item)
+            symbol = values[0]
             known = memo.get(symbol) if memo is not None and type(symbol) is str else None
-            if known is not None and known[0] == status and known[1] == raw_meta:
-                contract = Contract(symbol=symbol, status=known[0], meta=known[2], raw=raw)
+            if known is not None and known[0] == values:
+                contract = Contract(symbol, values[1], known[1], raw)
             else:
-                contract = _validated(symbol, status, raw_meta, raw)
+                contract = _validated(symbol, values[1], values[2:], raw)
         except InvalidContract as exc:
             invalid += 1
             if len(reasons) < keep_reasons:
@@ -301,7 +301,7 @@ def parse_contracts(items: Iterable[Any], keep_reasons: int = 5, memo: Memo | No
             continue
         contracts[contract.symbol] = contract
         if memo is not None:
-            fresh[contract.symbol] = (contract.status, raw_meta, contract.meta)
+            fresh[contract.symbol] = (values, contract.meta)
     if memo is not None:
         # Only this snapshot's symbols stay remembered, so the memo never outgrows the exchange.
         memo.clear()

@@ -35,7 +35,12 @@ def _failed(meta: Meta, status: str, error: str) -> Meta:
 
 def sync_chain(sync_id: str | None = None) -> Any:
     """The signature of one sync: fetch → diff-and-build → batch-write."""
-    return chain(fetch_contracts.s(sync_id), diff_and_build.s(), write_batch.s())
+    # Inside the chain each step's result travels in the next message; storing it in the result backend as
+    # well would cost a round trip per hop for nobody. Called by hand, the steps still store theirs.
+    return chain(
+        fetch_contracts.s(sync_id).set(ignore_result=True), diff_and_build.s().set(ignore_result=True),
+        write_batch.s(),
+    )
 
 
 @app.task(name=SYNC, ignore_result=True)
@@ -71,7 +76,7 @@ def fetch_contracts(self: Task, sync_id: str | None = None, started_at: int | No
         return _failed(meta, "failed", f"fetch failed: {pipeline.one_line(exc)}")
     key = keys.snapshot_key(sync_id)
     try:
-        staging.put(_redis(), key, snapshot.body, settings.staging_ttl_s)
+        staging.put(_redis(), key, snapshot.body, settings.staging_ttl_s, keep=True)
     except redis.RedisError as exc:
         return _failed(meta, "failed", f"could not stage the snapshot in Redis: {pipeline.one_line(exc)}")
     return {**meta, "snapshot_key": key, "fetched_at_ms": snapshot.fetched_at_ms, "api_ms": snapshot.api_ms}
@@ -95,7 +100,7 @@ def diff_and_build(meta: Meta) -> Meta:
         size = pipeline.stage_cache(settings, client, built)
         built.timings["cache"] = timer.ms()
         staging.put(client, keys.plan_key(meta["sync_id"]), orjson.dumps(built.plan.to_json()),
-                    settings.staging_ttl_s)
+                    settings.staging_ttl_s, keep=True)
         client.delete(meta["snapshot_key"])
     except StaleSnapshotError as exc:
         return _failed(meta, "skipped", pipeline.one_line(exc))
