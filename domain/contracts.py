@@ -189,14 +189,13 @@ def parse_contract(obj: Any) -> Contract:
 
 
 def _validated(symbol: Any, status: Any, raw_meta: tuple[Any, ...], raw: RawJson) -> Contract:
-    for key, value in zip(REQUIRED, (symbol, raw_meta[_TYPE_AT], status, *(raw_meta[i] for i in _CURRENCIES_AT)),
-                          strict=True):
+    required = (symbol, raw_meta[_TYPE_AT], status, *(raw_meta[i] for i in _CURRENCIES_AT))  # REQUIRED's order
+    for key, value in zip(REQUIRED, required, strict=True):
         if not isinstance(value, str) or not value:
             raise InvalidContract(f"required key {key} is missing or not a string")
     if not SYMBOL_RE.fullmatch(symbol):
         raise InvalidContract("symbol is not 1-40 letters and digits")
-    for key, value in zip(REQUIRED[1:], (raw_meta[_TYPE_AT], status, *(raw_meta[i] for i in _CURRENCIES_AT)),
-                          strict=True):
+    for key, value in zip(REQUIRED[1:], required[1:], strict=True):
         if not IDENT_RE.fullmatch(value):
             raise InvalidContract(f"{key} is not a short identifier")
     meta = tuple(_normalise(key, kind, value) for (key, _, kind), value in zip(METADATA_FIELDS, raw_meta, strict=True))

@@ -106,6 +106,15 @@ class Stack:
         self.start(name, "worker", "-Q", queues, "-c", str(concurrency), "-n", f"{name}@%h", "-E",
                    "--without-mingle", "--without-gossip", "--loglevel=INFO", ready=" ready.")
 
+    def celery_script(self, body: str) -> Any:
+        """Run a few lines with the Celery app in a separate process with this stack's env; returns the JSON
+        its last output line holds."""
+        script = "import json, sys\nfrom workers.app import app\nfrom tasks.names import FETCH, DIFF, WRITE\n" + body
+        result = subprocess.run([sys.executable, "-c", script], env=self.env, cwd=ROOT, capture_output=True,
+                                text=True, timeout=60, check=False)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return json.loads(result.stdout.strip().splitlines()[-1])
+
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         """Read the registry with plain sqlite3, as a user's process would."""
         with sqlite3.connect(self.db_path) as conn:

@@ -90,6 +90,26 @@ def test_scripted_scenario_on_530_contracts(stack: Stack, sim: Simulator) -> Non
     assert [r[0] for r in runs] == ["baseline", "ok", "ok"]
 
 
+def test_the_chain_stores_only_its_outcome_and_caches_the_exchange_json(stack: Stack, sim: Simulator) -> None:
+    stack.env["TOKENWATCH_KUCOIN_URL"] = sim.url
+    stack.start_worker()
+    answer = stack.celery_script(
+        "from tasks.sync import sync_chain\n"
+        "result = sync_chain().apply_async()\n"
+        "outcome = result.get(timeout=60)\n"
+        "steps = (result.parent.parent, result.parent, result)\n"
+        "stored = [app.backend.get(app.backend.get_key_for_task(step.id)) is not None for step in steps]\n"
+        "print(json.dumps({'outcome': outcome, 'stored': stored}))\n"
+    )
+    assert answer["outcome"]["status"] == "baseline"
+    # Inside the chain each result travels in the next message; only the outcome is kept for the caller.
+    assert answer["stored"] == [False, False, True]
+    # Each cached value is the contract exactly as the exchange sent it, unknown keys and market data included.
+    cache = _cache(stack)
+    assert set(cache) == set(sim.symbols())
+    assert all(cache[symbol] == sim.contract(symbol) for symbol in sim.symbols())
+
+
 def test_cli_history_and_tokens_read_the_registry(stack: Stack, sim: Simulator) -> None:
     stack.env["TOKENWATCH_KUCOIN_URL"] = sim.url
     assert stack.sync("--inline")["status"] == "baseline"

@@ -392,28 +392,19 @@ def test_replayed_write_of_the_same_plan_applies_once(stack: Stack, sim: Simulat
     assert run_row(stack, sync_id) == ("ok", None, 2)
 
 
-def _send_tasks_script(stack: Stack, body: str) -> Any:
-    """Run a few lines with the Celery app in a separate process with the stack's env; returns its JSON."""
-    script = "import json, sys\nfrom workers.app import app\nfrom tasks.names import FETCH, DIFF, WRITE\n" + body
-    result = subprocess.run([sys.executable, "-c", script], env=stack.env, cwd=ROOT, capture_output=True,
-                            text=True, timeout=60, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def test_write_message_delivered_twice_through_the_worker_applies_once(stack: Stack, sim: Simulator) -> None:
     baseline(stack, sim)
     stack.start_worker()
     listed = sim.list_new(2)
     sync_id = pipeline.new_sync_id()
     # The chain's steps by hand; the write message is delivered twice with the same meta, as a lost ack does.
-    outcomes = _send_tasks_script(stack, (
+    outcomes = stack.celery_script(
         f"meta = app.send_task(FETCH, args=[{sync_id!r}]).get(timeout=30)\n"
         "meta = app.send_task(DIFF, args=[meta]).get(timeout=30)\n"
         "first = app.send_task(WRITE, args=[meta]).get(timeout=30)\n"
         "second = app.send_task(WRITE, args=[meta]).get(timeout=30)\n"
         "print(json.dumps([first, second]))\n"
-    ))
+    )
 
     assert outcomes[0]["status"] == "ok"
     assert outcomes[0]["counts"]["listed"] == 2
@@ -883,13 +874,13 @@ def test_pickled_task_message_is_refused_by_the_worker(stack: Stack, sim: Simula
     stack.start_worker()
     marker = stack.workdir / "unpickled"
     # Unpickling this argument would create the marker file: proof that the payload was never deserialised.
-    sent = _send_tasks_script(stack, (
+    sent = stack.celery_script(
         "from tasks.names import SYNC\n"
         "class Payload:\n"
         f"    def __reduce__(self): return (open, ({str(marker)!r}, 'w'))\n"
         "result = app.send_task(SYNC, args=(Payload(),), serializer='pickle')\n"
         "print(json.dumps(result.id))\n"
-    ))
+    )
 
     wait_log(stack, r"Received invalid task message: Refusing to deserialize untrusted content of type pickle")
     log = log_text(stack)
