@@ -14,7 +14,7 @@ import redis
 from sqlalchemy import Engine
 
 from cache import keys
-from db.queries import event_cursor, events_after
+from db.queries import events_after
 from db.writer import set_event_cursor
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,7 @@ def _stream_top(client: redis.Redis) -> tuple[int, int]:
 
 def publish_pending(engine: Engine, client: redis.Redis, maxlen: int = STREAM_MAXLEN) -> int:
     """Append every committed event not yet in the stream; returns how many were appended."""
-    top_ms, top_seq = _stream_top(client)
-    cursor = max(top_seq, event_cursor(engine))
+    top_ms, cursor = _stream_top(client)  # events_after also skips what registry_state's cursor covers
     appended = 0
     while True:
         rows = events_after(engine, cursor, PUBLISH_BATCH)

@@ -41,34 +41,34 @@ def stage_entries(
     return len(entries) + len(kept)
 
 
+# One round trip, atomic: readers see the old hash and version or the new ones, never a mix. UNLINK frees the
+# old hash in Redis's background thread instead of inside the swap (100,000 entries take tens of ms to free).
+_PUBLISH = """
+local current = redis.call('GET', KEYS[1])
+if current and tonumber(current) >= tonumber(ARGV[1]) then return 0 end
+local staged = redis.call('EXISTS', KEYS[2]) == 1
+if tonumber(ARGV[2]) > 0 and not staged then return -1 end
+redis.call('UNLINK', KEYS[3])
+if staged then
+  redis.call('RENAME', KEYS[2], KEYS[3])
+  redis.call('PERSIST', KEYS[3])
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+
+
 def publish(client: redis.Redis, staged_key: str, revision: int, size: int) -> bool:
     """Atomically replace the live hash with the staged one and set the version to revision.
 
     Returns False, touching nothing, when the cache already shows this revision or a newer one.
     """
-    with client.pipeline(transaction=True) as pipe:
-        while True:
-            try:
-                pipe.watch(keys.VERSION, staged_key)  # type: ignore[no-untyped-call]
-                current = pipe.get(keys.VERSION)
-                if current is not None and int(current) >= revision:
-                    pipe.unwatch()
-                    return False
-                staged = bool(pipe.exists(staged_key))
-                if size and not staged:
-                    pipe.unwatch()
-                    raise LookupError(f"staged cache {staged_key} is gone (expired or flushed)")
-                pipe.multi()
-                if staged:
-                    pipe.rename(staged_key, keys.TOKENS)
-                    pipe.persist(keys.TOKENS)
-                else:
-                    pipe.delete(keys.TOKENS)
-                pipe.set(keys.VERSION, revision)
-                pipe.execute()
-                return True
-            except redis.WatchError:
-                continue
+    done = int(cast("int", client.register_script(_PUBLISH)(
+        keys=[keys.VERSION, staged_key, keys.TOKENS], args=[revision, size],
+    )))
+    if done < 0:
+        raise LookupError(f"staged cache {staged_key} is gone (expired or flushed)")
+    return done == 1
 
 
 def cache_version(client: redis.Redis) -> int | None:

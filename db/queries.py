@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, desc, select
+from sqlalchemy import Engine, bindparam, desc, func, select
 
 from db.schema import registry_state, sync_runs, token_history, tokens
 from db.writer import TOKEN_COLUMNS
@@ -81,24 +81,22 @@ def recent_syncs(engine: Engine, limit: int = 10) -> list[dict[str, Any]]:
         return [dict(row._mapping) for row in conn.execute(query)]
 
 
-# The outbox reads run after every sync: built once (building costs more than running them).
+# The outbox read runs after every sync: built once (building costs more than running it). It starts after
+# the later of the caller's cursor and the one stored with the registry, in one query.
 _EVENTS_AFTER = (
-    select(token_history).where(token_history.c.id > bindparam("b_after")).order_by(token_history.c.id)
+    select(token_history)
+    .where(token_history.c.id > func.max(
+        bindparam("b_after"), func.coalesce(select(registry_state.c.last_event_id).scalar_subquery(), 0),
+    ))
+    .order_by(token_history.c.id)
     .limit(bindparam("b_limit"))
 )
-_EVENT_CURSOR = select(registry_state.c.last_event_id)
 
 
 def events_after(engine: Engine, after_id: int, limit: int) -> list[dict[str, Any]]:
-    """History events with id above after_id, oldest first (the outbox read)."""
+    """History events with id above both after_id and the stored outbox cursor, oldest first (the outbox read)."""
     with engine.connect() as conn:
         return [dict(row._mapping) for row in conn.execute(_EVENTS_AFTER, {"b_after": after_id, "b_limit": limit})]
-
-
-def event_cursor(engine: Engine) -> int:
-    """The id of the last history event known to be in the stream."""
-    with engine.connect() as conn:
-        return int(conn.execute(_EVENT_CURSOR).scalar_one_or_none() or 0)
 
 
 def sync_run(engine: Engine, sync_id: str) -> dict[str, Any] | None:
