@@ -1,4 +1,4 @@
-"""SQLite engines tuned for one writer and many readers: WAL, busy timeout, page cache, mmap."""
+"""SQLite engines tuned for one writer and many readers: WAL, busy timeout, a bounded page cache."""
 
 from __future__ import annotations
 
@@ -14,8 +14,13 @@ from db.schema import metadata, registry_state, tokens
 from tokenwatch.errors import WriteError
 
 BUSY_TIMEOUT_MS = 2_000
-CACHE_KIB = 65_536  # 64 MiB page cache: the whole registry of 100k contracts stays in memory
-MMAP_BYTES = 256 * 1024 * 1024
+# A worker's resident memory stays flat only if neither cache keeps what each sync appends (history rows,
+# sync runs, about 13 kB a sync at 5,000 contracts): a 64 MiB page cache kept those pages in the heap, and a
+# memory map kept every page it had read resident (soak of 500 syncs: +5.9%, then +4.5%, now +0.0%). The
+# registry itself is read from the database only on a cold start (registry snapshot per process), where
+# the map saved about a third (50,000 contracts: about 0.8 s against 1.2 s); reads go through the OS cache.
+CACHE_KIB = 2_048  # SQLite's default
+MMAP_BYTES = 0
 
 PRAGMAS = (
     "PRAGMA journal_mode=WAL",

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 import db.engine
 import db.writer
-from db.engine import BUSY_TIMEOUT_MS, CACHE_KIB, init_db, make_engine, sqlite_path
+from db.engine import BUSY_TIMEOUT_MS, CACHE_KIB, MMAP_BYTES, init_db, make_engine, sqlite_path
 from db.queries import load_registry
 from db.writer import WriteResult, apply_plan
 from domain.contracts import Contract, parse_contracts
@@ -199,7 +199,7 @@ def test_pragmas_are_in_force_on_every_connection(tmp_path: Any, writer: bool) -
             assert pragma("journal_mode") == "wal"
             assert pragma("busy_timeout") == BUSY_TIMEOUT_MS
             assert pragma("cache_size") == -CACHE_KIB < 0
-            assert pragma("mmap_size") > 0
+            assert pragma("mmap_size") == MMAP_BYTES
             assert pragma("synchronous") == 1  # NORMAL
             assert pragma("foreign_keys") == 1
             assert pragma("temp_store") == 2  # MEMORY
