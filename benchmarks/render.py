@@ -145,8 +145,11 @@ def render(report: dict[str, Any]) -> str:
         lines += [
             "",
             f"== Soak: {soak['syncs']} consecutive steady syncs of 5,000 contracts in one process (sync_inline) ==",
-            f"RSS after sync 20: {soak['rss_after_warmup_mb']:.1f} MB, at the end: {soak['rss_end_mb']:.1f} MB, "
-            f"growth {soak['growth_pct']:+.2f}%; after sync 20 between {soak['rss_min_after_warmup_mb']:.1f} and "
+            f"RSS (median of {soak['window_syncs']} syncs) after the {soak['warmup_syncs']} warm-up syncs: "
+            f"{soak['rss_start_mb']:.1f} MB, at the end: {soak['rss_end_mb']:.1f} MB, "
+            f"growth {soak['growth_pct']:+.2f}% "
+            f"(RssAnon {soak['anon_start_mb']:.1f} -> {soak['anon_end_mb']:.1f} MB, {soak['anon_growth_pct']:+.2f}%);",
+            f"after the warm-up between {soak['rss_min_after_warmup_mb']:.1f} and "
             f"{soak['rss_max_after_warmup_mb']:.1f} MB, linear trend {soak['rss_trend_mb_per_100_syncs']:+.2f} MB per "
             "100 syncs;",
             f"peak {soak['peak_rss_mb']:.1f} MB; statuses {soak['statuses']}; sync total ms {_s(soak['total_ms'])}",

@@ -9,7 +9,7 @@ from typing import Any
 
 from benchmarks.chain import ChainResult
 from benchmarks.scenarios import PHASES, REFERENCES, SCENARIOS, Measurement
-from benchmarks.soak import WARMUP_SYNCS, SoakResult
+from benchmarks.soak import WARMUP_SYNCS, SoakResult, after_warmup, window_size
 
 REF_TITLES = {
     "a": "(a) source 'before': SELECT + upsert per token, commit per statement",
@@ -138,15 +138,19 @@ def build(results: list[SizeResult], soak: SoakResult | None, soak_syncs: int, m
         })
     report: dict[str, Any] = {"machine": meta, "sizes": sizes, "source_figures": dict(SOURCE_FIGURES)}
     if soak is not None:
-        at, end, growth = soak.growth()
-        after = soak.rss_mb[WARMUP_SYNCS - 1:] if len(soak.rss_mb) > WARMUP_SYNCS else soak.rss_mb
+        start, end, growth = soak.growth()
+        anon_start, anon_end, anon_growth = soak.growth(soak.anon_mb)
+        after = after_warmup(soak.rss_mb)
         slope = statistics.linear_regression(range(len(after)), after).slope if len(after) > 1 else 0.0
         report["soak"] = {
-            "syncs": soak_syncs, "size": 5000, "rss_after_warmup_mb": at, "rss_end_mb": end, "growth_pct": growth,
+            "syncs": soak_syncs, "size": 5000, "warmup_syncs": WARMUP_SYNCS,
+            "window_syncs": window_size(len(after)),
+            "rss_start_mb": start, "rss_end_mb": end, "growth_pct": growth,
+            "anon_start_mb": anon_start, "anon_end_mb": anon_end, "anon_growth_pct": anon_growth,
             "rss_min_after_warmup_mb": min(after), "rss_max_after_warmup_mb": max(after),
             "rss_trend_mb_per_100_syncs": slope * 100,
             "peak_rss_mb": soak.peak_rss_mb, "statuses": soak.statuses, "total_ms": stat(soak.totals_ms),
-            "rss_mb": soak.rss_mb,
+            "rss_mb": soak.rss_mb, "anon_mb": soak.anon_mb,
         }
     report["targets"] = targets(report)
     return report
@@ -204,7 +208,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         "soak: RSS growth < 5%", soak["growth_pct"] if soak else None,
         None if not soak else soak["growth_pct"] < 5.0,
         "not run (use --soak N)" if not soak else
-        f"{soak['growth_pct']:+.1f}% ({soak['rss_after_warmup_mb']:.0f} -> {soak['rss_end_mb']:.0f} MB over "
+        f"{soak['growth_pct']:+.1f}% ({soak['rss_start_mb']:.0f} -> {soak['rss_end_mb']:.0f} MB over "
         f"{soak['syncs']} syncs)",
     ))
     big, small = _size(report, 100_000), s5

@@ -6,6 +6,7 @@ The simulator lives in the parent; this process scripts it through its control A
 from __future__ import annotations
 
 import logging
+import statistics
 from dataclasses import dataclass, field
 
 import requests
@@ -17,6 +18,9 @@ from tokenwatch import pipeline
 from tokenwatch.settings import Settings
 
 WARMUP_SYNCS = 20
+# Growth compares the median RSS of a window after the warm-up with that of the last window: one reading
+# can land on a transient buffer (a 15 MB one came and went between consecutive syncs of 5,000 contracts).
+WINDOW_SYNCS = 50
 CONTROL_TIMEOUT_S = 30.0
 
 
@@ -36,15 +40,28 @@ class SoakResult:
     """RSS after each sync (MB) and the syncs' outcomes."""
 
     rss_mb: list[float] = field(default_factory=list)
+    anon_mb: list[float] = field(default_factory=list)  # RssAnon: heap and anonymous maps, no mapped files
     totals_ms: list[float] = field(default_factory=list)
     statuses: dict[str, int] = field(default_factory=dict)
     peak_rss_mb: float = 0.0
 
-    def growth(self, warmup: int = WARMUP_SYNCS) -> tuple[float, float, float]:
-        """(RSS after the warm-up sync, RSS at the end, growth in %)."""
-        at = self.rss_mb[min(warmup, len(self.rss_mb)) - 1]
-        end = self.rss_mb[-1]
-        return at, end, 100.0 * (end - at) / at
+    def growth(self, series: list[float] | None = None) -> tuple[float, float, float]:
+        """(median of the first window after the warm-up, median of the last window, growth in %) of series
+        (default: RSS); shorter runs use windows of a quarter of the syncs after the warm-up."""
+        after = after_warmup(self.rss_mb if series is None else series)
+        window = window_size(len(after))
+        start, end = statistics.median(after[:window]), statistics.median(after[-window:])
+        return start, end, 100.0 * (end - start) / start
+
+
+def after_warmup(values: list[float]) -> list[float]:
+    """The readings after the warm-up syncs (all of them in a run no longer than the warm-up)."""
+    return values[WARMUP_SYNCS:] if len(values) > WARMUP_SYNCS else values
+
+
+def window_size(readings: int) -> int:
+    """How many readings each end of the growth comparison takes."""
+    return max(1, min(WINDOW_SYNCS, readings // 4))
 
 
 def _script(session: requests.Session, job: SoakJob, step: int) -> None:
@@ -73,7 +90,9 @@ def soak(job: SoakJob, pause: Pause) -> SoakResult:
         outcome = pipeline.sync_inline(settings, client)
         result.statuses[outcome.status] = result.statuses.get(outcome.status, 0) + 1
         result.totals_ms.append(outcome.timings_ms.get("total", 0.0))
-        result.rss_mb.append(vm_status()["VmRSS"] / 1024)
+        status = vm_status()
+        result.rss_mb.append(status["VmRSS"] / 1024)
+        result.anon_mb.append(status.get("RssAnon", 0) / 1024)
     result.peak_rss_mb = vm_status()["VmHWM"] / 1024
     client.close()
     session.close()

@@ -18,12 +18,12 @@ from tokenwatch.settings import Settings
 
 
 def vm_status(pid: int | str = "self") -> dict[str, int]:
-    """VmRSS, VmHWM... of a process in kB, from /proc/<pid>/status."""
+    """VmRSS, VmHWM, RssAnon, RssFile... of a process in kB, from /proc/<pid>/status."""
     found: dict[str, int] = {}
     with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
         for line in status:
             name, _, value = line.partition(":")
-            if name.startswith("Vm") and value.strip().endswith("kB"):
+            if name.startswith(("Vm", "Rss")) and value.strip().endswith("kB"):
                 found[name] = int(value.split()[0])
     return found
 
