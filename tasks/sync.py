@@ -36,7 +36,9 @@ def _failed(meta: Meta, status: str, error: str) -> Meta:
 def sync_chain(sync_id: str | None = None) -> Any:
     """The signature of one sync: fetch → diff-and-build → batch-write."""
     # Inside the chain each step's result travels in the next message; storing it in the result backend as
-    # well would cost a round trip per hop for nobody. Called by hand, the steps still store theirs.
+    # well would cost a round trip per hop for nobody. Called by hand, the steps still store theirs. A step
+    # that crashes still stores its error (store_errors_even_if_ignored below): the caller waiting on the
+    # outcome follows the parents and reports it at once, instead of waiting out its timeout.
     return chain(
         fetch_contracts.s(sync_id).set(ignore_result=True), diff_and_build.s().set(ignore_result=True),
         write_batch.s(),
@@ -51,7 +53,7 @@ def sync() -> str:
     return sync_id
 
 
-@app.task(name=FETCH, bind=True, max_retries=None)  # bounded by TOKENWATCH_HTTP_RETRIES below
+@app.task(name=FETCH, bind=True, max_retries=None, store_errors_even_if_ignored=True)  # retries: see below
 def fetch_contracts(self: Task, sync_id: str | None = None, started_at: int | None = None) -> Meta:
     """Fetch the active contracts and stage the raw answer in Redis; pass its key on."""
     settings = get_settings()
@@ -82,7 +84,7 @@ def fetch_contracts(self: Task, sync_id: str | None = None, started_at: int | No
     return {**meta, "snapshot_key": key, "fetched_at_ms": snapshot.fetched_at_ms, "api_ms": snapshot.api_ms}
 
 
-@app.task(name=DIFF)
+@app.task(name=DIFF, store_errors_even_if_ignored=True)
 def diff_and_build(meta: Meta) -> Meta:
     """Classify the staged snapshot against the registry; stage the plan and the next cache."""
     if meta["status"] != "running":

@@ -110,6 +110,25 @@ def test_the_chain_stores_only_its_outcome_and_caches_the_exchange_json(stack: S
     assert all(cache[symbol] == sim.contract(symbol) for symbol in sim.symbols())
 
 
+def test_a_step_that_crashes_inside_the_chain_is_reported_to_the_caller(stack: Stack) -> None:
+    stack.start_worker()
+    answer = stack.celery_script(
+        "from celery import chain\n"
+        "from tasks.sync import diff_and_build, write_batch\n"
+        # A message the step cannot handle (no snapshot key): an error no step catches, as a bug would raise.
+        "broken = {'status': 'running', 'sync_id': 'crash-test'}\n"
+        "steps = chain(diff_and_build.s(broken).set(ignore_result=True), write_batch.s())\n"
+        "try:\n"
+        "    steps.apply_async().get(timeout=30)\n"
+        "    error = None\n"
+        "except Exception as exc:\n"
+        "    error = f'{type(exc).__name__}: {exc}'\n"
+        "print(json.dumps({'error': error}))\n"
+    )
+    # Not a TimeoutError after 30 s: the stored failure of the step reaches the caller.
+    assert answer["error"] == "KeyError: 'snapshot_key'"
+
+
 def test_cli_history_and_tokens_read_the_registry(stack: Stack, sim: Simulator) -> None:
     stack.env["TOKENWATCH_KUCOIN_URL"] = sim.url
     assert stack.sync("--inline")["status"] == "baseline"
