@@ -7,6 +7,11 @@ from typing import Any
 
 from celery import Celery, signals
 
+from workers import broker
+
+# Before the app opens any broker connection: kombu's Redis transport with one client per channel.
+broker.install()
+
 app = Celery("tokenwatch", include=["tasks.sync", "tasks.maintenance"])
 app.config_from_object("celeryconfig")
 
