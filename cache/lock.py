@@ -23,9 +23,10 @@ def _lock(client: redis.Redis, ttl_s: float) -> Lock:
 
 def acquire(client: redis.Redis, sync_id: str, ttl_s: float = LOCK_TTL_S) -> bool:
     """Take the lock for sync_id; True also when sync_id already holds it (a redelivered step)."""
-    if holder(client) == sync_id:
-        return rearm(client, sync_id, ttl_s)
-    return bool(_lock(client, ttl_s).acquire(blocking=False, token=sync_id))
+    # The lock is usually free: one SET NX, and the holder is read only when that fails.
+    if _lock(client, ttl_s).acquire(blocking=False, token=sync_id):
+        return True
+    return holder(client) == sync_id and rearm(client, sync_id, ttl_s)
 
 
 def rearm(client: redis.Redis, sync_id: str, ttl_s: float = LOCK_TTL_S) -> bool:
