@@ -43,28 +43,35 @@ def stage_entries(
 
 # One round trip, atomic: readers see the old hash and version or the new ones, never a mix. UNLINK frees the
 # old hash in Redis's background thread instead of inside the swap (100,000 entries take tens of ms to free).
+# KEYS[4..]: staging keys the caller has consumed (the applied plan), dropped in the same round trip.
 _PUBLISH = """
-local current = redis.call('GET', KEYS[1])
-if current and tonumber(current) >= tonumber(ARGV[1]) then return 0 end
-local staged = redis.call('EXISTS', KEYS[2]) == 1
-if tonumber(ARGV[2]) > 0 and not staged then return -1 end
-redis.call('UNLINK', KEYS[3])
-if staged then
-  redis.call('RENAME', KEYS[2], KEYS[3])
-  redis.call('PERSIST', KEYS[3])
+local function swap()
+  local current = redis.call('GET', KEYS[1])
+  if current and tonumber(current) >= tonumber(ARGV[1]) then return 0 end
+  local staged = redis.call('EXISTS', KEYS[2]) == 1
+  if tonumber(ARGV[2]) > 0 and not staged then return -1 end
+  redis.call('UNLINK', KEYS[3])
+  if staged then
+    redis.call('RENAME', KEYS[2], KEYS[3])
+    redis.call('PERSIST', KEYS[3])
+  end
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 1
 end
-redis.call('SET', KEYS[1], ARGV[1])
-return 1
+local done = swap()
+if done >= 0 and #KEYS > 3 then redis.call('UNLINK', unpack(KEYS, 4)) end
+return done
 """
 
 
-def publish(client: redis.Redis, staged_key: str, revision: int, size: int) -> bool:
-    """Atomically replace the live hash with the staged one and set the version to revision.
+def publish(client: redis.Redis, staged_key: str, revision: int, size: int, *, consumed: Sequence[str] = ()) -> bool:
+    """Atomically replace the live hash with the staged one and set the version to revision, and drop the
+    ``consumed`` staging keys (also when the cache already showed this revision).
 
-    Returns False, touching nothing, when the cache already shows this revision or a newer one.
+    Returns False, leaving the cache as it was, when it already shows this revision or a newer one.
     """
     done = int(cast("int", client.register_script(_PUBLISH)(
-        keys=[keys.VERSION, staged_key, keys.TOKENS], args=[revision, size],
+        keys=[keys.VERSION, staged_key, keys.TOKENS, *consumed], args=[revision, size],
     )))
     if done < 0:
         raise LookupError(f"staged cache {staged_key} is gone (expired or flushed)")

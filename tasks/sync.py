@@ -101,9 +101,12 @@ def diff_and_build(meta: Meta) -> Meta:
         timer = pipeline.Timer()
         size = pipeline.stage_cache(settings, client, built)
         built.timings["cache"] = timer.ms()
-        staging.put(client, keys.plan_key(meta["sync_id"]), orjson.dumps(built.plan.to_json()),
+        # The plan goes in and the consumed snapshot out in one round trip.
+        pipe = client.pipeline(transaction=False)
+        staging.put(pipe, keys.plan_key(meta["sync_id"]), orjson.dumps(built.plan.to_json()),
                     settings.staging_ttl_s, keep=True)
-        client.delete(meta["snapshot_key"])
+        pipe.delete(meta["snapshot_key"])
+        pipe.execute()
     except StaleSnapshotError as exc:
         return _failed(meta, "skipped", pipeline.one_line(exc))
     except (TokenwatchError, redis.RedisError, SoftTimeLimitExceeded) as exc:
@@ -149,8 +152,7 @@ def _write(meta: Meta) -> dict[str, Any]:
     cache_error = None
     timer = pipeline.Timer()
     try:
-        pipeline.publish_cache(client, sync_id, result.revision, meta["cache_size"])
-        client.delete(meta["plan_key"])
+        pipeline.publish_cache(client, sync_id, result.revision, meta["cache_size"], consumed=[meta["plan_key"]])
     except (redis.RedisError, LookupError) as exc:
         cache_error = f"cache stale: {pipeline.one_line(exc)}"
     else:

@@ -262,9 +262,10 @@ def stage_cache(settings: Settings, client: redis.Redis, built: Built) -> int:
     )
 
 
-def publish_cache(client: redis.Redis, sync_id: str, revision: int, size: int) -> bool:
-    """Swap the staged cache in; False when the cache already shows this revision."""
-    return hot.publish(client, keys.cache_key(sync_id), revision, size)
+def publish_cache(client: redis.Redis, sync_id: str, revision: int, size: int, *, consumed: Sequence[str] = ()) -> bool:
+    """Swap the staged cache in and drop the consumed staging keys; False when the cache already shows this
+    revision."""
+    return hot.publish(client, keys.cache_key(sync_id), revision, size, consumed=consumed)
 
 
 def publish_events(settings: Settings, client: redis.Redis) -> None:

@@ -108,6 +108,25 @@ def test_publish_refuses_when_the_staged_hash_is_gone(client: redis.Redis) -> No
     assert client.hlen(keys.TOKENS) == 1
 
 
+def test_publish_drops_the_consumed_staging_keys_unless_it_refused(client: redis.Redis) -> None:
+    plan = keys.plan_key("sync-1")
+    client.set(plan, b"applied plan")
+    staged = keys.cache_key("sync-1")
+    size = hot.stage_entries(client, staged, {"AUSDTM": entry("AUSDTM", 1.0)}, [], TTL_S)
+    assert hot.publish(client, staged, 1, size, consumed=[plan]) is True
+    assert client.exists(plan) == 0
+    assert live(client) == {b"AUSDTM": entry("AUSDTM", 1.0)}
+
+    client.set(plan, b"a redelivered copy's plan")  # the cache already shows revision 1
+    assert hot.publish(client, keys.cache_key("sync-1"), 1, 0, consumed=[plan]) is False
+    assert client.exists(plan) == 0
+
+    client.set(plan, b"plan of a sync whose staged cache expired")
+    with pytest.raises(LookupError):
+        hot.publish(client, keys.cache_key("sync-2"), 2, 10, consumed=[plan])
+    assert client.exists(plan) == 1  # kept: nothing was applied to the cache
+
+
 def test_publishing_an_empty_registry_clears_the_live_hash(client: redis.Redis) -> None:
     assert publish_entries(client, 1, {"AUSDTM": entry("AUSDTM", 1.0)})
     assert publish_entries(client, 2, {}) is True
