@@ -241,15 +241,16 @@ class ParseResult:
     reasons: tuple[str, ...]
 
 
-# What validation concluded about one symbol: (its raw values as _fields gives them, normalised meta).
-Memo = dict[str, tuple[tuple[Any, ...], Meta]]
+# What validation concluded about one symbol: (the key fields it was given, normalised meta).
+Memo = dict[str, tuple[Any, Meta]]
 
 
-def _fields(item: Any) -> tuple[tuple[Any, ...], RawJson]:
-    """((symbol, status, *raw metadata values), JSON text) of one list item; InvalidContract if it is no object."""
+def _fields(item: Any) -> tuple[Any, RawJson]:
+    """(key fields: symbol, status and raw metadata values, as a _Fields struct; JSON text) of one list item;
+    InvalidContract if it is no object."""
     if type(item) is msgspec.Raw or isinstance(item, bytes):
         try:
-            values = _astuple(_decode_fields(item))
+            return _decode_fields(item), item
         except msgspec.DecodeError:  # includes ValidationError: a key of an unexpected type, or no object
             try:
                 decoded = orjson.loads(memoryview(item))  # decoded whole only so that parse_contract names the key
@@ -257,10 +258,9 @@ def _fields(item: Any) -> tuple[tuple[Any, ...], RawJson]:
                 raise InvalidContract("contract is not valid JSON") from None
             parse_contract(decoded)
             raise InvalidContract("contract has a value of an unexpected type") from None
-        return values, item
     if not isinstance(item, dict):
         raise InvalidContract(f"contract is a {type(item).__name__}, expected an object")
-    return (item.get("symbol"), item.get("status"), *map(item.get, METADATA_KEYS)), _json(item)
+    return _Fields(item.get("symbol"), item.get("status"), *map(item.get, METADATA_KEYS)), _json(item)
 
 
 def _json(obj: dict[str, Any]) -> bytes:
@@ -281,13 +281,17 @@ def parse_contracts(items: Iterable[Any], keep_reasons: int = 5, memo: Memo | No
     fresh: Memo = {}
     for index, item in enumerate(items):
         try:
-            values, raw = _fields(item)
-            symbol = values[0]
+            fields, raw = _fields(item)
+            symbol = fields.symbol
             known = memo.get(symbol) if memo is not None and type(symbol) is str else None
-            if known is not None and known[0] == values:
-                contract = Contract(symbol, values[1], known[1], raw)
+            # Struct equality runs in C, field by field: no tuple of the values is built for an unchanged one.
+            if known is not None and known[0] == fields:
+                contract = Contract(symbol, fields.status, known[1], raw)
+                remembered = known
             else:
+                values = _astuple(fields)
                 contract = _validated(symbol, values[1], values[2:], raw)
+                remembered = (fields, contract.meta)
         except InvalidContract as exc:
             invalid += 1
             if len(reasons) < keep_reasons:
@@ -300,7 +304,7 @@ def parse_contracts(items: Iterable[Any], keep_reasons: int = 5, memo: Memo | No
             continue
         contracts[contract.symbol] = contract
         if memo is not None:
-            fresh[contract.symbol] = (values, contract.meta)
+            fresh[contract.symbol] = remembered
     if memo is not None:
         # Only this snapshot's symbols stay remembered, so the memo never outgrows the exchange.
         memo.clear()
