@@ -8,6 +8,7 @@ import orjson
 import redis
 from celery import Task, chain
 from celery.exceptions import SoftTimeLimitExceeded
+from celery.result import AsyncResult
 from celery.utils.log import get_task_logger
 
 from cache import keys, lock, staging
@@ -43,6 +44,26 @@ def sync_chain(sync_id: str | None = None) -> Any:
         fetch_contracts.s(sync_id).set(ignore_result=True), diff_and_build.s().set(ignore_result=True),
         write_batch.s(),
     )
+
+
+def wait_for_outcome(result: AsyncResult, timeout_s: float) -> dict[str, Any]:
+    """The outcome of a chain sent with sync_chain; a step that crashed before the write is raised at once."""
+
+    def raise_crashed_step() -> None:
+        # Called each time the wait wakes up: every half second, and once the outcome has arrived. Celery's own
+        # follow_parents reads every step's result then too, two more round trips after the outcome is here.
+        if result.ready():
+            return
+        steps: list[AsyncResult] = []
+        node = result.parent
+        while node is not None:
+            steps.append(node)
+            node = node.parent
+        for step in reversed(steps):  # the first step that failed is the cause
+            step.maybe_throw()
+
+    outcome: dict[str, Any] = result.get(timeout=timeout_s, follow_parents=False, on_interval=raise_crashed_step)
+    return outcome
 
 
 @app.task(name=SYNC, ignore_result=True)

@@ -75,7 +75,7 @@ def _sync_through_broker(settings: Settings, timeout_s: float) -> Any:
     from celery.exceptions import TimeoutError as CeleryTimeout  # noqa: PLC0415
 
     from cache.redis_client import to_redis_py_url  # noqa: PLC0415
-    from tasks.sync import sync_chain  # noqa: PLC0415
+    from tasks.sync import sync_chain, wait_for_outcome  # noqa: PLC0415
     from tokenwatch import pipeline  # noqa: PLC0415
 
     sync_id = pipeline.new_sync_id()
@@ -91,7 +91,7 @@ def _sync_through_broker(settings: Settings, timeout_s: float) -> Any:
         probe.close()
     try:
         result = sync_chain(sync_id).apply_async(expires=timeout_s)
-        payload = result.get(timeout=timeout_s, propagate=True)
+        payload = wait_for_outcome(result, timeout_s)
     except CeleryTimeout:
         error = f"no outcome within {timeout_s:g} s: is a worker running (tokenwatch run)?"
         return pipeline.Outcome(sync_id, "failed", error=error, timings_ms={"total": float(timeout_s * 1000)})

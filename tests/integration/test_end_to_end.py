@@ -114,18 +114,18 @@ def test_a_step_that_crashes_inside_the_chain_is_reported_to_the_caller(stack: S
     stack.start_worker()
     answer = stack.celery_script(
         "from celery import chain\n"
-        "from tasks.sync import diff_and_build, write_batch\n"
+        "from tasks.sync import diff_and_build, wait_for_outcome, write_batch\n"
         # A message the step cannot handle (no snapshot key): an error no step catches, as a bug would raise.
         "broken = {'status': 'running', 'sync_id': 'crash-test'}\n"
         "steps = chain(diff_and_build.s(broken).set(ignore_result=True), write_batch.s())\n"
         "try:\n"
-        "    steps.apply_async().get(timeout=30)\n"
+        "    wait_for_outcome(steps.apply_async(), 30)\n"
         "    error = None\n"
         "except Exception as exc:\n"
         "    error = f'{type(exc).__name__}: {exc}'\n"
         "print(json.dumps({'error': error}))\n"
     )
-    # Not a TimeoutError after 30 s: the stored failure of the step reaches the caller.
+    # Not a TimeoutError after 30 s: the stored failure of the step reaches the caller (as tokenwatch sync waits).
     assert answer["error"] == "KeyError: 'snapshot_key'"
 
 
