@@ -120,14 +120,14 @@ def diff_and_build(meta: Meta) -> Meta:
         )
         built = pipeline.build(settings, snapshot, client)
         timer = pipeline.Timer()
-        size = pipeline.stage_cache(settings, client, built)
-        built.timings["cache"] = timer.ms()
-        # The plan goes in and the consumed snapshot out in one round trip.
+        # The last of the cache, the plan, and the consumed snapshot's deletion share one round trip.
         pipe = client.pipeline(transaction=False)
+        size = pipeline.stage_cache(settings, client, built, pipe)
         staging.put(pipe, keys.plan_key(meta["sync_id"]), orjson.dumps(built.plan.to_json()),
                     settings.staging_ttl_s, keep=True)
         pipe.delete(meta["snapshot_key"])
         pipe.execute()
+        built.timings["cache"] = timer.ms()
     except StaleSnapshotError as exc:
         return _failed(meta, "skipped", pipeline.one_line(exc))
     except (TokenwatchError, redis.RedisError, SoftTimeLimitExceeded) as exc:

@@ -57,6 +57,21 @@ def test_stage_entries_writes_large_snapshots_in_chunks(client: redis.Redis) -> 
     assert client.hlen(staged) == len(entries)
 
 
+@pytest.mark.parametrize("count", [0, 3, hot.HSET_CHUNK, hot.HSET_CHUNK * 2 + 5])
+def test_stage_entries_leaves_its_last_chunk_on_the_callers_pipeline(client: redis.Redis, count: int) -> None:
+    entries = {f"C{i}USDTM": entry(f"C{i}USDTM", float(i)) for i in range(count)}
+    staged = keys.cache_key("sync-piped")
+    client.hset(staged, "LEFTOVERUSDTM", b"from a crashed attempt")
+    pipe = client.pipeline(transaction=False)
+    assert hot.stage_entries(client, staged, entries, [], TTL_S, pipe) == count
+    pipe.set("caller:key", b"sent with it")
+    # Still queued: the caller's SET with the last HSET + EXPIRE, and the DELETE unless an earlier chunk took it.
+    assert len(pipe) == (2 if count == 0 else 4 if count <= hot.HSET_CHUNK else 3)
+    pipe.execute()
+    assert client.hgetall(staged) == as_bytes(entries)
+    assert client.get("caller:key") == b"sent with it"
+
+
 def test_keep_live_keeps_the_live_entries_of_listed_symbols(client: redis.Redis) -> None:
     old = {"AUSDTM": entry("AUSDTM", 1.0), "BUSDTM": entry("BUSDTM", 2.0)}
     assert publish_entries(client, 1, old)
