@@ -33,8 +33,9 @@ BIG = b"x" * (SEND_AS_IS + 1)
     ("HSET", "h", *[x for i in range(2000) for x in (f"S{i}", b'{"k":%d}' % i)]),
     ("SET", "empty", b""),
 ])
-def test_the_same_bytes_as_redis_py(args: tuple[Any, ...]) -> None:
-    ours = CommandPacker(_encode).pack(*args)
+@pytest.mark.parametrize("str_encoding", ["utf-8", None])  # None: every str goes through the encoder
+def test_the_same_bytes_as_redis_py(args: tuple[Any, ...], str_encoding: str | None) -> None:
+    ours = CommandPacker(_encode, str_encoding).pack(*args)
     theirs = PythonRespSerializer(6000, _encode).pack(*args)
     assert _wire(ours) == _wire(theirs)
 
