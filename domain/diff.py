@@ -19,6 +19,7 @@ COUNT_KEYS = (
 )
 PERPETUAL = "FFWCSX"
 _EXPIRE_AT = METADATA_KEYS.index("expireDate")
+_FIRST_OPEN_AT = METADATA_KEYS.index("firstOpenDate")
 # Fields that move together when a perpetual's delisting is scheduled; reported once, as that event.
 _SCHEDULE_KEYS = frozenset({"expireDate", "settleDate", "settlementSymbol"})
 _SCHEDULE_AT = frozenset(METADATA_KEYS.index(k) for k in _SCHEDULE_KEYS)
@@ -163,6 +164,16 @@ def build_plan(
     for symbol, contract in contracts.items():
         old = rows.get(symbol)
         meta = contract.meta
+        # Nearly every contract is unchanged: active, same status and metadata, nothing to refresh. Exactly the
+        # conditions under which the full classification below writes nothing; checked first, without calls.
+        if (
+            old is not None and old.status == ACTIVE and old.missing_since is None
+            and contract.status == old.contract_status and meta == old.meta
+            and (meta[_FIRST_OPEN_AT] is None or meta[_FIRST_OPEN_AT] == old.listed_at)
+            and (old.listed_at is not None and now_ms - old.listed_at < window_ms) == old.is_new
+        ):
+            counts["unchanged"] += 1
+            continue
         first_open = contract.first_open_date
         if old is None:
             added += 1

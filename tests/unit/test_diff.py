@@ -293,6 +293,23 @@ def test_is_new_stays_true_within_the_window_without_an_upsert() -> None:
     assert plan.upserts == [] and plan.events == []
 
 
+def test_a_wider_window_makes_an_unchanged_contract_new_again() -> None:
+    listed_at = NOW - 100 * HOUR_MS  # outside the 72 h window, inside a week
+    c = contract(firstOpenDate=listed_at)
+    reg = registry(stored(c, is_new=False, listed_at=listed_at))
+    plan = build_plan("sync-1", {c.symbol: c}, reg, now_ms=NOW, window_ms=168 * HOUR_MS, fetched=1, invalid=0)
+    (row,) = plan.upserts
+    assert row.is_new is True and plan.events == []
+    assert plan.counts["unchanged"] == 1
+
+
+def test_a_stored_listing_time_that_disagrees_with_first_open_date_is_corrected() -> None:
+    c = contract(firstOpenDate=LONG_AGO)
+    plan = plan_for([c], registry(stored(c, listed_at=LONG_AGO - DAY_MS)))  # e.g. written by an older build
+    (row,) = plan.upserts
+    assert row.listed_at == LONG_AGO and plan.events == []
+
+
 # ---- suspect snapshots -------------------------------------------------------------------------------------
 
 def test_empty_snapshot_is_suspect_and_delists_nothing() -> None:
