@@ -218,7 +218,7 @@ def measure(job: Job, pause: Pause) -> Measurement:
     client = get_redis(job.redis_url)  # the client the workers use
     json_timers: dict[str, JsonTimer | CallTimer] = {
         "api": JsonTimer.install(kucoin),
-        "process": CallTimer.install(contracts, "_decode_envelope", "_decode_fields"),
+        "process": CallTimer.install(contracts, "_decode_envelope", factories=("fields_decoder",)),
     }
     keep = _KeepBuilt()
     db_load_cold: float | None = None

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import operator
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -223,13 +224,44 @@ _NUMBER = int | float | str | None
 _DECODED_TYPE: dict[FieldKind, Any] = {
     "str": str | None, "bool": bool | None, "list": list[str] | None, "float": _NUMBER, "int": _NUMBER, "ms": _NUMBER,
 }
-_Fields = msgspec.defstruct(
-    "_Fields",
-    [("symbol", str | None, None), ("status", str | None, None)]
-    + [(key, _DECODED_TYPE[kind], None) for key, _, kind in METADATA_FIELDS],
-)
+# The keys decoded, in the order of the values tuple that validation uses, with their types.
+_TYPES: dict[str, Any] = {
+    "symbol": str | None, "status": str | None, **{key: _DECODED_TYPE[kind] for key, _, kind in METADATA_FIELDS},
+}
+_CANONICAL = tuple(_TYPES)
+_Fields = msgspec.defstruct("_Fields", [(key, kind, None) for key, kind in _TYPES.items()])
 _decode_fields = msgspec.json.Decoder(_Fields).decode
-_astuple = msgspec.structs.astuple
+_values = operator.attrgetter(*_CANONICAL)  # (symbol, status, *raw metadata values) of any fields struct
+
+FieldsDecoder = Callable[[RawJson], Any]
+
+# msgspec matches each key of an object against a struct's fields starting after the field it matched last:
+# with the fields in the order the exchange sends them, each key is found at the first try, while one out of
+# that order is looked for among all of them. So a struct of the same fields is made in the key order of the
+# answer's first contract (a few orders at most are ever seen; each is kept). Objects in another order still
+# decode the same, only slower.
+_MAX_ORDERS = 8
+_by_order: dict[tuple[str, ...], FieldsDecoder] = {}
+
+
+def fields_decoder(sample: Any) -> FieldsDecoder:
+    """A decoder of one contract's JSON text into its key fields, fastest for sample's key order (the fixed
+    order when sample is no JSON object)."""
+    try:
+        decoded = orjson.loads(memoryview(sample)) if type(sample) is msgspec.Raw or isinstance(sample, bytes) else None
+    except orjson.JSONDecodeError:
+        decoded = None
+    if not isinstance(decoded, dict):
+        return _decode_fields
+    order = tuple(key for key in decoded if key in _TYPES)
+    order += tuple(key for key in _CANONICAL if key not in order)
+    found = _by_order.get(order)
+    if found is None:
+        if len(_by_order) >= _MAX_ORDERS:
+            _by_order.clear()
+        struct = msgspec.defstruct("_OrderedFields", [(key, _TYPES[key], None) for key in order])
+        found = _by_order[order] = msgspec.json.Decoder(struct).decode
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,12 +277,12 @@ class ParseResult:
 Memo = dict[str, tuple[Any, Meta]]
 
 
-def _fields(item: Any) -> tuple[Any, RawJson]:
-    """(key fields: symbol, status and raw metadata values, as a _Fields struct; JSON text) of one list item;
+def _fields(item: Any, decode: FieldsDecoder = _decode_fields) -> tuple[Any, RawJson]:
+    """(key fields: symbol, status and raw metadata values, as a struct; JSON text) of one list item;
     InvalidContract if it is no object."""
     if type(item) is msgspec.Raw or isinstance(item, bytes):
         try:
-            return _decode_fields(item), item
+            return decode(item), item
         except msgspec.DecodeError:  # includes ValidationError: a key of an unexpected type, or no object
             try:
                 decoded = orjson.loads(memoryview(item))  # decoded whole only so that parse_contract names the key
@@ -279,17 +311,21 @@ def parse_contracts(items: Iterable[Any], keep_reasons: int = 5, memo: Memo | No
     invalid = 0
     reasons: list[str] = []
     fresh: Memo = {}
+    decode: FieldsDecoder | None = None
     for index, item in enumerate(items):
+        if decode is None:
+            decode = fields_decoder(item)
         try:
-            fields, raw = _fields(item)
+            fields, raw = _fields(item, decode)
             symbol = fields.symbol
             known = memo.get(symbol) if memo is not None and type(symbol) is str else None
-            # Struct equality runs in C, field by field: no tuple of the values is built for an unchanged one.
+            # Struct equality runs in C, field by field (and is False across key orders): no tuple of the
+            # values is built for an unchanged contract.
             if known is not None and known[0] == fields:
                 contract = Contract(symbol, fields.status, known[1], raw)
                 remembered = known
             else:
-                values = _astuple(fields)
+                values = _values(fields)
                 contract = _validated(symbol, values[1], values[2:], raw)
                 remembered = (fields, contract.meta)
         except InvalidContract as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -344,6 +345,40 @@ def test_memo_gives_the_same_result_from_json_texts() -> None:
     assert again.invalid == fresh.invalid == 1
     assert again.reasons == fresh.reasons
     assert {s: c.meta for s, c in again.contracts.items()} == {s: c.meta for s, c in fresh.contracts.items()}
+
+
+def _shuffled(item: dict[str, Any], seed: int) -> dict[str, Any]:
+    keys = list(item)
+    random.Random(seed).shuffle(keys)
+    return {key: item[key] for key in keys}
+
+
+def test_any_key_order_parses_the_same_and_a_new_order_is_validated_afresh() -> None:
+    from tokenwatch.simulator.generator import generate_contracts
+
+    items = generate_contracts(40, seed=6)
+    expected = parse_contracts(items)
+    memo: dict[str, Any] = {}
+    # Each list in one key order (the decoder follows the first contract's), then mixed orders.
+    for seed in (1, 2):
+        same_order = [_shuffled(items[0], seed) | item for item in items]  # items[0]'s order for every key
+        parsed = parse_contracts(texts_of(same_order), memo=memo)
+        assert {s: (c.status, c.meta) for s, c in parsed.contracts.items()} == {
+            s: (c.status, c.meta) for s, c in expected.contracts.items()}
+    mixed = [_shuffled(item, index) for index, item in enumerate(items)]
+    mixed[3]["tickSize"] = -1.0  # invalid, whatever the order
+    parsed = parse_contracts(texts_of(mixed), memo=memo)
+    assert parsed.invalid == 1 and len(parsed.contracts) == len(items) - 1
+    assert all(parsed.contracts[s].meta == c.meta for s, c in expected.contracts.items() if s in parsed.contracts)
+
+
+def test_a_first_item_that_is_no_object_still_leaves_the_rest_parsed() -> None:
+    from tokenwatch.simulator.generator import generate_contracts
+
+    items = generate_contracts(5, seed=7)
+    texts = [b"[1, 2]", b"not json", *texts_of(items)]
+    parsed = parse_contracts(texts)
+    assert parsed.invalid == 2 and set(parsed.contracts) == {item["symbol"] for item in items}
 
 
 # ---- slicing the answer into one JSON text per contract ----------------------------------------------------
