@@ -112,6 +112,8 @@ def _chain_block(sizes: list[dict[str, Any]]) -> list[str]:
     lines.append("  (broker hops, staging the snapshot and the plan through Redis, result backend, finish()).")
     lines.append("  no-op chain: three celery.accumulate tasks on the same queue and worker, the floor any three-task "
                  "chain pays here.")
+    notes = {size["chain"].get("note") for size in sizes} - {None}
+    lines.extend(f"  per size: {note}" for note in sorted(notes))
     return lines
 
 

@@ -42,6 +42,9 @@ FIRST_STEADY = "first steady run only"
 SKIPPED = "skipped (too slow)"
 SLOW_REFERENCES = ("a", "b")
 CHAIN_MAX_SIZE = 5000
+# Syncs through the chain per size: each takes well under a second up to 5,000 contracts, and its median is
+# the figure the targets compare, so it gets more samples than the in-process scenarios.
+CHAIN_RUNS = 15
 BASE_TOKENS = "bench:baseline:tokens"
 REFERENCE_NOTES = {
     "(a),(b)": "DB writes only, as the source system described them; we compare our batch_write+cache (DB and "
@@ -102,12 +105,14 @@ def plan_references(done: list[report.SizeResult], size: int, runs: int) -> dict
 class Bench:
     """One benchmark run: a private Redis, a temp dir, and the sizes measured one after the other."""
 
-    def __init__(self, workdir: Path, server: EmbeddedRedis, with_chain: bool, chain_max: int) -> None:
+    def __init__(self, workdir: Path, server: EmbeddedRedis, with_chain: bool, chain_max: int,
+                 chain_runs: int = CHAIN_RUNS) -> None:
         self.workdir = workdir
         self.redis_url = server.url
         self.client = redis.Redis(unix_socket_path=server.socket_path)
         self.with_chain = with_chain
         self.chain_max = chain_max
+        self.chain_runs = chain_runs
         self.results: list[report.SizeResult] = []
 
     def _job(self, size: int, scenario: str, sim: Simulator, db: Path, run: int, plan: dict[str, str]) -> Job:
@@ -169,12 +174,12 @@ class Bench:
                     change.revert()
                     remove_db(str(db))
             self.client.unlink(BASE_TOKENS)
-            self._chain(result, sim, folder, runs)
+            self._chain(result, sim, folder)
         result.seconds = time.monotonic() - started
         self.results.append(result)
         return result
 
-    def _chain(self, result: report.SizeResult, sim: Simulator, folder: Path, runs: int) -> None:
+    def _chain(self, result: report.SizeResult, sim: Simulator, folder: Path) -> None:
         if not self.with_chain:
             result.chain_note = "skipped (--skip-chain)"
             return
@@ -194,12 +199,13 @@ class Bench:
 
         db_url = f"sqlite:///{folder / 'chain.db'}"
         with chain.Worker(folder, self.redis_url, db_url, sim.url, f"bench{result.size}") as worker:
-            result.chain = chain.measure_chain(worker, runs, step)
+            result.chain = chain.measure_chain(worker, self.chain_runs, step)
         change.revert()
         e2e = report.stat(result.chain.e2e_ms)
         progress(f"{result.size:>7,} celery chain: e2e median {e2e['median'] if e2e else 0:,.1f} ms, "
                  f"pool child peak {result.chain.pool_hwm_mb:.0f} MB")
-        result.chain_note = "a fresh worker: one baseline sync, then the steady syncs (warm worker)"
+        result.chain_note = (f"a fresh worker: one baseline sync, {chain.WARMUP_SYNCS} unmeasured steady syncs, "
+                             "then the measured steady syncs (warm worker)")
 
     def soak(self, syncs: int) -> soak.SoakResult:
         """`syncs` consecutive steady syncs of 5,000 contracts in one child process."""
@@ -250,6 +256,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"runs per scenario (default: 5 up to {SMALL:,} contracts, 3 up to {MEDIUM:,}, 2 above)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout instead of the table")
     parser.add_argument("--skip-chain", action="store_true", help="do not time the Celery chain")
+    parser.add_argument("--chain-runs", type=int, default=CHAIN_RUNS,
+                        help="measured syncs through the Celery chain per size (default: %(default)s)")
     parser.add_argument("--chain-max-size", type=int, default=CHAIN_MAX_SIZE,
                         help="largest size timed through the Celery chain (default: %(default)s)")
     parser.add_argument("--soak", type=int, nargs="?", const=500, default=None, metavar="N",
@@ -262,8 +270,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--sizes takes comma-separated integers")
     if not args.sizes and not args.soak:
         parser.error("nothing to run: give --sizes or --soak")
-    if (args.sizes and min(args.sizes) < 60) or (args.runs is not None and args.runs < 1):
-        parser.error("sizes must be >= 60 and runs >= 1")
+    if (args.sizes and min(args.sizes) < 60) or (args.runs is not None and args.runs < 1) or args.chain_runs < 1:
+        parser.error("sizes must be >= 60, and runs and chain runs >= 1")
     return args
 
 
@@ -273,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     soak_result: soak.SoakResult | None = None
     try:
         with EmbeddedRedis(str(workdir / "redis.sock"), str(workdir / "redis")) as server:
-            bench = Bench(workdir, server, not args.skip_chain, args.chain_max_size)
+            bench = Bench(workdir, server, not args.skip_chain, args.chain_max_size, args.chain_runs)
             # The embedded server snapshots every minute by default: a fork and an RDB write mid-measurement.
             bench.client.config_set("save", "")
             if not args.skip_chain:
