@@ -10,6 +10,9 @@
   in one transaction; and one pipelined Redis write of the same cache entries (HSET into a temporary key, then
   RENAME over the live one).
 
+The benchmark times ``floor_cache`` after each of the three database writers: the source system updated its
+cache every sync too, and the floor's way is the cheapest, so (a) and (b) are compared on the same work as ours.
+
 Every function takes a ``Rows``: ``rows_from_db`` reads them back from the pipeline's database after its
 write, so the references write the same rows as the pipeline (tests/unit/test_benchmark_references.py proves
 it table for table).

@@ -180,14 +180,15 @@ def _reference(job: Job, name: str, rows: references.Rows, client: redis.Redis, 
         result = RefResult(db_ms=timer.ms())
     finally:
         conn.close()
-    if name == "c":
-        # RENAME over a hash of the same size, as our publish does: Redis frees the old one in the same call.
-        if prestate is not None:
-            client.copy(keys.TOKENS, FLOOR_LIVE, replace=True)
-        timer = pipeline.Timer()
-        references.floor_cache(client, FLOOR_TEMP, FLOOR_LIVE, rows.cache)
-        result.cache_ms = timer.ms()
-        client.unlink(FLOOR_LIVE)
+    # Every reference also updates the hot cache, as the source system did each sync too: all three the floor's
+    # way (one pipeline), so they cover the same work as our batch_write + cache. RENAME over a hash of the same
+    # size, as our publish does: Redis frees the old one in the same call.
+    if prestate is not None:
+        client.copy(keys.TOKENS, FLOOR_LIVE, replace=True)
+    timer = pipeline.Timer()
+    references.floor_cache(client, FLOOR_TEMP, FLOOR_LIVE, rows.cache)
+    result.cache_ms = timer.ms()
+    client.unlink(FLOOR_LIVE)
     if job.verify:
         same = True
         for table in ("tokens ORDER BY symbol", "token_history ORDER BY id", "registry_state"):
