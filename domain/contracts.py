@@ -277,7 +277,7 @@ class ParseResult:
 Memo = dict[str, tuple[Any, Meta]]
 
 
-def _fields(item: Any, decode: FieldsDecoder = _decode_fields) -> tuple[Any, RawJson]:
+def _fields(item: Any, decode: FieldsDecoder) -> tuple[Any, RawJson]:
     """(key fields: symbol, status and raw metadata values, as a struct; JSON text) of one list item;
     InvalidContract if it is no object."""
     if type(item) is msgspec.Raw or isinstance(item, bytes):
