@@ -2,50 +2,43 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, cast
 
 import orjson
 import redis
-from redis.client import Pipeline
 from typing_extensions import Buffer
 
-from cache import keys
+from cache import keys, redis_client
 
 HSET_CHUNK = 1_000
 
 
 def stage_entries(
     client: redis.Redis, staged_key: str, entries: Mapping[str, Buffer], keep_live: Sequence[str], ttl_s: int,
-    pipe: Pipeline | None = None,
 ) -> int:
     """Build the next cache hash under staged_key; keep_live symbols keep their live entry. Returns its size.
 
-    Entries may be any buffer (slices of the exchange's answer): each chunk is copied to bytes only as it is
-    sent, so the whole hash never exists twice in this process. Given a pipeline, the last chunk is left
-    queued on it, for the caller's own commands to share its round trip.
+    Entries may be any buffer (slices of the exchange's answer): each chunk is copied only into the command
+    that sends it, so the whole hash never exists twice in this process.
     """
     kept: dict[str, bytes] = {}
     if keep_live:
         live = client.hmget(keys.TOKENS, list(keep_live))
         kept = {s: v for s, v in zip(keep_live, live, strict=True) if isinstance(v, bytes) and s not in entries}
-    # A round trip per chunk: the whole hash is never packed into one buffer (memory at 100k contracts).
-    out = client.pipeline(transaction=False) if pipe is None else pipe
-    out.delete(staged_key)
-    chunks = math.ceil(len(entries) / HSET_CHUNK) + math.ceil(len(kept) / HSET_CHUNK)  # left to send
-    for source in (entries, kept):
-        pairs = iter(source.items())
-        while chunk := {symbol: bytes(value) for symbol, value in islice(pairs, HSET_CHUNK)}:
-            out.hset(staged_key, mapping=cast("dict[Any, bytes]", chunk))
-            out.expire(staged_key, ttl_s)
-            chunks -= 1
-            if chunks or pipe is None:
-                out.execute()
-    if pipe is None:
-        out.execute()  # only the DELETE when there was nothing to stage
+
+    def commands() -> Iterator[list[Any] | bytes]:
+        # DEL first: a repeated stream (redis-py's retry after a lost connection) starts the hash again.
+        yield ["DEL", staged_key]
+        for source in (entries, kept):
+            pairs = iter(source.items())
+            while chunk := list(islice(pairs, HSET_CHUNK)):
+                yield redis_client.pack_hset(staged_key, chunk)
+                yield ["EXPIRE", staged_key, ttl_s]  # from the first chunk on: a crash leaves nothing behind
+
+    redis_client.stream(client, commands)
     return len(entries) + len(kept)
 
 

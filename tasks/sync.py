@@ -120,9 +120,9 @@ def diff_and_build(meta: Meta) -> Meta:
         )
         built = pipeline.build(settings, snapshot, client)
         timer = pipeline.Timer()
-        # The last of the cache, the plan, and the consumed snapshot's deletion share one round trip.
+        size = pipeline.stage_cache(settings, client, built)
+        # The plan and the consumed snapshot's deletion share one round trip.
         pipe = client.pipeline(transaction=False)
-        size = pipeline.stage_cache(settings, client, built, pipe)
         staging.put(pipe, keys.plan_key(meta["sync_id"]), orjson.dumps(built.plan.to_json()),
                     settings.staging_ttl_s, keep=True)
         pipe.delete(meta["snapshot_key"])

@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from redis.client import Pipeline
 from sqlalchemy.exc import SQLAlchemyError
 
 from cache import events, hot, keys, lock
@@ -256,11 +255,10 @@ def write(settings: Settings, plan: Plan, started_at: int, timings: dict[str, fl
     return result
 
 
-def stage_cache(settings: Settings, client: redis.Redis, built: Built, pipe: Pipeline | None = None) -> int:
-    """Build the next cache hash beside the live one; returns its size. With pipe, its last part is left
-    queued there (see hot.stage_entries)."""
+def stage_cache(settings: Settings, client: redis.Redis, built: Built) -> int:
+    """Build the next cache hash beside the live one; returns its size."""
     return hot.stage_entries(
-        client, keys.cache_key(built.plan.sync_id), built.entries, built.plan.missing, settings.staging_ttl_s, pipe,
+        client, keys.cache_key(built.plan.sync_id), built.entries, built.plan.missing, settings.staging_ttl_s,
     )
 
 

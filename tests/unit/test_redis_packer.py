@@ -1,4 +1,4 @@
-"""cache.redis_client.CommandPacker: byte-for-byte the protocol redis-py's own packer writes, without copies."""
+"""cache.redis_client.CommandPacker and pack_hset: byte-for-byte the protocol redis-py's own packer writes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import redis
 from redis.connection import PythonRespSerializer
 
-from cache.redis_client import SEND_AS_IS, CommandPacker
+from cache.redis_client import SEND_AS_IS, CommandPacker, pack_hset
 
 
 def _encode(value: Any) -> bytes | memoryview:
@@ -46,3 +46,14 @@ def test_large_arguments_are_sent_as_they_are() -> None:
     assert any(piece is BIG for piece in pieces)
     assert any(piece is view for piece in pieces)
     assert all(len(piece) <= SEND_AS_IS + 64 for piece in pieces if piece is not BIG and piece is not view)
+
+
+@pytest.mark.parametrize("pairs", [
+    [],
+    [("XBTUSDTM", b'{"symbol":"XBTUSDTM"}')],
+    [("\u00e9USDTM", memoryview(b'..{"a":1}..')[2:9]), ("B", bytearray(b"")), ("C", BIG)],
+    [(f"S{i}", b'{"k":%d}' % i) for i in range(2000)],
+])
+def test_pack_hset_writes_what_redis_py_writes_for_the_same_hset(pairs: list[tuple[str, Any]]) -> None:
+    args = ("HSET", "tokenwatch:tokens:staged", *[x for symbol, value in pairs for x in (symbol, bytes(value))])
+    assert pack_hset("tokenwatch:tokens:staged", pairs) == _wire(PythonRespSerializer(6000, _encode).pack(*args))
