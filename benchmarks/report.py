@@ -14,7 +14,7 @@ from benchmarks.soak import WARMUP_SYNCS, SoakResult, after_warmup, window_size
 REF_TITLES = {
     "a": "(a) source 'before': SELECT + upsert per token, commit per statement; + cache as (c)",
     "b": "(b) source 'after': SELECT all, execute per row, commit per 100; + cache as (c)",
-    "c": "(c) floor: raw executemany, one transaction + one Redis pipeline",
+    "c": "(c) floor: raw executemany, one transaction + one pipelined Redis write",
 }
 # The source system's published figures (1-vCPU cloud machine, SQLite WAL): theirs, not measured here.
 SOURCE_FIGURES: list[tuple[str, str]] = [

@@ -48,11 +48,11 @@ CHAIN_RUNS = 15
 BASE_TOKENS = "bench:baseline:tokens"
 REFERENCE_NOTES = {
     "(a),(b)": "DB writes as the source system described them, then the same cache written the floor's way (one "
-               "pipeline; the source system updated its cache every sync too): the same work as our "
+               "pipelined stream; the source system updated its cache every sync too): the same work as our "
                "batch_write+cache",
     "(c)": "the rows our sync changed (its upserts, and its delisting and missing marks as full-row upserts), its "
            "history rows and state, raw executemany in one transaction; then the same hash written to Redis in one "
-           "pipeline",
+           "pipelined stream, packed as our staging packs it (cache.redis_client.pack_hset and stream)",
     "budget": f"a reference runs in every run when its time estimated from the previous size fits {REF_BUDGET_S:g} s "
               "per size, else in the first run of each scenario, else in the first steady run, else not",
     "same rows": "each reference's tokens table (and history for (c)) is compared with ours, row for row, in the "

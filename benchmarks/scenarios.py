@@ -181,8 +181,8 @@ def _reference(job: Job, name: str, rows: references.Rows, client: redis.Redis, 
     finally:
         conn.close()
     # Every reference also updates the hot cache, as the source system did each sync too: all three the floor's
-    # way (one pipeline), so they cover the same work as our batch_write + cache. RENAME over a hash of the same
-    # size, as our publish does: Redis frees the old one in the same call.
+    # way (one pipelined stream), so they cover the same work as our batch_write + cache. The live copy has the
+    # size of ours, so its UNLINK costs what our publish's does.
     if prestate is not None:
         client.copy(keys.TOKENS, FLOOR_LIVE, replace=True)
     timer = pipeline.Timer()
