@@ -1,6 +1,6 @@
 """Celery settings, each read from the one settings object (tokenwatch.settings) with its reason.
 
-Importable on its own: ``python -m celeryconfig`` prints the effective configuration, passwords hidden.
+Importable on its own: ``python -m tokenwatch.celeryconfig`` prints the effective configuration, passwords hidden.
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import os
 
 from celery.schedules import crontab
 
-from cache.redis_client import to_kombu_url
-from tasks.names import CHECK_ALERTS, DB_OPTIMIZE, DB_VACUUM, PRUNE_SYNC_RUNS, ROUTES, SYNC, Queue
+from tokenwatch.cache.redis_client import to_kombu_url
 from tokenwatch.settings import get_settings, redact_url
+from tokenwatch.tasks.names import CHECK_ALERTS, DB_OPTIMIZE, DB_VACUUM, PRUNE_SYNC_RUNS, ROUTES, SYNC, Queue
 
 _settings = get_settings()
 

@@ -59,7 +59,7 @@ def _children(pid: int) -> list[int]:
 
 
 class Worker:
-    """`celery -A workers.app worker -Q fetch,db -c 1` with the benchmark's environment."""
+    """`celery -A tokenwatch.workers.app worker -Q fetch,db -c 1` with the benchmark's environment."""
 
     def __init__(self, workdir: Path, redis_url: str, database_url: str, kucoin_url: str, name: str) -> None:
         self.log_path = workdir / f"{name}.log"
@@ -70,7 +70,7 @@ class Worker:
             "TOKENWATCH_HTTP_RETRIES": "0", "PYTHONPATH": str(ROOT),
         })
         self.argv = [
-            sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", "fetch,db", "-c", "1",
+            sys.executable, "-m", "celery", "-A", "tokenwatch.workers.app", "worker", "-Q", "fetch,db", "-c", "1",
             "--without-mingle", "--without-gossip", "--loglevel=INFO", "-n", f"{name}@%h",
         ]
         self.env = env
@@ -123,8 +123,8 @@ class Worker:
 
 def timed_sync() -> tuple[float, dict[str, Any]]:
     """One sync through the chain: (milliseconds from apply_async to the outcome, the outcome)."""
-    from tasks.sync import sync_chain, wait_for_outcome
     from tokenwatch.pipeline import new_sync_id
+    from tokenwatch.tasks.sync import sync_chain, wait_for_outcome
 
     sync_id = new_sync_id()
     started = time.perf_counter()
@@ -137,7 +137,7 @@ def timed_noop_chain() -> float:
     queue: what three hops through this broker, result backend and worker cost with no work in them."""
     from celery import chain
 
-    from workers.app import app
+    from tokenwatch.workers.app import app
 
     hop = app.signature("celery.accumulate", queue="fetch")
     started = time.perf_counter()

@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import exchange
-from cache.redis_client import get_redis
 from tokenwatch import pipeline
+from tokenwatch.cache.redis_client import get_redis
 from tokenwatch.embedded import EmbeddedRedis
 from tokenwatch.settings import Settings
 from tokenwatch.simulator import Simulator

@@ -27,10 +27,10 @@ from typing import Any
 
 import redis
 
-from cache.redis_client import pack_hset, stream
-from db.engine import PRAGMAS
-from db.writer import TOKEN_COLUMNS
-from domain.diff import Plan
+from tokenwatch.cache.redis_client import pack_hset, stream
+from tokenwatch.db.engine import PRAGMAS
+from tokenwatch.db.writer import TOKEN_COLUMNS
+from tokenwatch.domain.diff import Plan
 
 COMMIT_EVERY = 100  # (b): the source system's batch
 HSET_CHUNK = 1_000  # (c): fields per HSET command, as our stage_entries sends them

@@ -27,7 +27,7 @@ from benchmarks import chain, exchange, report, soak
 from benchmarks.child import in_child
 from benchmarks.render import render
 from benchmarks.scenarios import REFERENCES, SCENARIOS, Job, Measurement, measure, remove_db, snapshot_file
-from cache import keys
+from tokenwatch.cache import keys
 from tokenwatch.embedded import EmbeddedRedis
 from tokenwatch.simulator import Simulator
 

@@ -27,12 +27,12 @@ import redis
 from benchmarks import references
 from benchmarks.child import Pause
 from benchmarks.warm import CallTimer, JsonTimer, vm_status, warm_writer
-from cache import hot, keys
-from cache.redis_client import get_redis
-from db.engine import dispose_engines, init_db, make_engine
-from domain import contracts
-from fetch import kucoin
 from tokenwatch import pipeline
+from tokenwatch.cache import hot, keys
+from tokenwatch.cache.redis_client import get_redis
+from tokenwatch.db.engine import dispose_engines, init_db, make_engine
+from tokenwatch.domain import contracts
+from tokenwatch.fetch import kucoin
 from tokenwatch.settings import Settings
 
 SCENARIOS = ("cold", "steady", "churn")

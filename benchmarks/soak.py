@@ -13,8 +13,8 @@ import requests
 
 from benchmarks.child import Pause
 from benchmarks.warm import vm_status
-from cache.redis_client import get_redis
 from tokenwatch import pipeline
+from tokenwatch.cache.redis_client import get_redis
 from tokenwatch.settings import Settings
 
 WARMUP_SYNCS = 20

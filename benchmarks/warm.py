@@ -8,12 +8,12 @@ from typing import Any
 
 import orjson
 
-from db.engine import get_engine
-from db.writer import _apply
-from domain.contracts import METADATA_COLUMNS
-from domain.diff import COUNT_KEYS, Event, Plan
-from domain.registry import ACTIVE, Registry, RegistryRow
 from tokenwatch import pipeline
+from tokenwatch.db.engine import get_engine
+from tokenwatch.db.writer import _apply
+from tokenwatch.domain.contracts import METADATA_COLUMNS
+from tokenwatch.domain.diff import COUNT_KEYS, Event, Plan
+from tokenwatch.domain.registry import ACTIVE, Registry, RegistryRow
 from tokenwatch.settings import Settings
 
 

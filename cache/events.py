@@ -13,9 +13,9 @@ import orjson
 import redis
 from sqlalchemy import Engine
 
-from cache import keys
-from db.queries import events_after
-from db.writer import set_event_cursor
+from tokenwatch.cache import keys
+from tokenwatch.db.queries import events_after
+from tokenwatch.db.writer import set_event_cursor
 
 log = logging.getLogger(__name__)
 

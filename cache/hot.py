@@ -11,7 +11,7 @@ import orjson
 import redis
 from typing_extensions import Buffer
 
-from cache import keys, redis_client
+from tokenwatch.cache import keys, redis_client
 
 HSET_CHUNK = 1_000
 

@@ -10,7 +10,7 @@ import redis
 from redis.exceptions import LockError
 from redis.lock import Lock
 
-from cache import keys
+from tokenwatch.cache import keys
 
 # Longer than the longest sync (each step re-arms it): a crashed worker blocks syncs for at most this long.
 LOCK_TTL_S = 300

@@ -10,7 +10,7 @@ from sqlalchemy import Engine, create_engine, event, insert, select
 from sqlalchemy.engine.url import make_url
 from sqlalchemy.exc import DBAPIError
 
-from db.schema import metadata, registry_state, tokens
+from tokenwatch.db.schema import metadata, registry_state, tokens
 from tokenwatch.errors import WriteError
 
 BUSY_TIMEOUT_MS = 2_000
@@ -94,7 +94,7 @@ def get_engine(database_url: str, *, writer: bool = False) -> Engine:
     key = (os.getpid(), database_url, writer)
     engine = _engines.get(key)
     if engine is None:
-        from db.writer import describe, with_lock_retry  # noqa: PLC0415 - writer builds on this module
+        from tokenwatch.db.writer import describe, with_lock_retry  # noqa: PLC0415 - writer builds on this module
 
         engine = make_engine(database_url, writer=writer)
         try:

@@ -7,10 +7,10 @@ from typing import Any
 
 from sqlalchemy import Engine, bindparam, desc, func, select
 
-from db.schema import registry_state, sync_runs, token_history, tokens
-from db.writer import TOKEN_COLUMNS
-from domain.diff import is_new
-from domain.registry import ACTIVE, DELISTED, Registry, RegistryRow
+from tokenwatch.db.schema import registry_state, sync_runs, token_history, tokens
+from tokenwatch.db.writer import TOKEN_COLUMNS
+from tokenwatch.domain.diff import is_new
+from tokenwatch.domain.registry import ACTIVE, DELISTED, Registry, RegistryRow
 
 _ALL_TOKENS = select(*(tokens.c[c] for c in TOKEN_COLUMNS))
 

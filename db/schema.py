@@ -20,8 +20,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.types import TypeEngine
 
-from domain.contracts import METADATA_FIELDS, FieldKind
-from domain.diff import COUNT_KEYS
+from tokenwatch.domain.contracts import METADATA_FIELDS, FieldKind
+from tokenwatch.domain.diff import COUNT_KEYS
 
 metadata = MetaData()
 

@@ -12,10 +12,10 @@ from sqlalchemy import Connection, Engine, and_, bindparam, case, func, or_, sel
 from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from db.schema import PHASES, registry_state, sync_runs, token_history, tokens
-from domain.contracts import METADATA_COLUMNS
-from domain.diff import COUNT_KEYS, Plan
-from domain.registry import ACTIVE, DELISTED, STATE_COLUMNS
+from tokenwatch.db.schema import PHASES, registry_state, sync_runs, token_history, tokens
+from tokenwatch.domain.contracts import METADATA_COLUMNS
+from tokenwatch.domain.diff import COUNT_KEYS, Plan
+from tokenwatch.domain.registry import ACTIVE, DELISTED, STATE_COLUMNS
 from tokenwatch.errors import StaleSnapshotError, WriteError
 
 log = logging.getLogger(__name__)

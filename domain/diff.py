@@ -7,8 +7,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from domain.contracts import METADATA_KEYS, Contract
-from domain.registry import ACTIVE, DELISTED, Registry, RegistryRow
+from tokenwatch.domain.contracts import METADATA_KEYS, Contract
+from tokenwatch.domain.registry import ACTIVE, DELISTED, Registry, RegistryRow
 
 EVENT_TYPES = (
     "listed", "delisted", "relisted", "delisting_scheduled", "status_changed", "params_changed",

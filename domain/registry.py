@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from domain.contracts import Meta
+from tokenwatch.domain.contracts import Meta
 
 ACTIVE = "active"
 DELISTED = "delisted"

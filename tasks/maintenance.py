@@ -14,12 +14,12 @@ from typing import Any
 from celery.signals import worker_init, worker_process_shutdown
 from celery.utils.log import get_task_logger
 
-from db import maintenance
-from db.engine import get_engine, sqlite_path
-from tasks.names import CHECK_ALERTS, DB_OPTIMIZE, DB_VACUUM, PRUNE_SYNC_RUNS
 from tokenwatch import metrics, status
+from tokenwatch.db import maintenance
+from tokenwatch.db.engine import get_engine, sqlite_path
 from tokenwatch.settings import get_settings
-from workers.app import app
+from tokenwatch.tasks.names import CHECK_ALERTS, DB_OPTIMIZE, DB_VACUUM, PRUNE_SYNC_RUNS
+from tokenwatch.workers.app import app
 
 log = get_task_logger(__name__)
 

@@ -11,15 +11,15 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.result import AsyncResult
 from celery.utils.log import get_task_logger
 
-from cache import keys, lock, staging
-from cache.redis_client import get_redis
-from domain.diff import Plan
-from fetch import kucoin
-from tasks.names import DIFF, FETCH, SYNC, WRITE
 from tokenwatch import pipeline
+from tokenwatch.cache import keys, lock, staging
+from tokenwatch.cache.redis_client import get_redis
+from tokenwatch.domain.diff import Plan
 from tokenwatch.errors import StagingError, StaleSnapshotError, TokenwatchError, TransientFetchError
+from tokenwatch.fetch import kucoin
 from tokenwatch.settings import get_settings
-from workers.app import app
+from tokenwatch.tasks.names import DIFF, FETCH, SYNC, WRITE
+from tokenwatch.workers.app import app
 
 log = get_task_logger(__name__)
 

@@ -81,11 +81,11 @@ class Stack:
         return outcome
 
     def start(self, name: str, *celery_args: str, ready: str | None = None, timeout: float = 30) -> None:
-        """Start `celery -A workers.app ...` and wait for the ready line in its log."""
+        """Start `celery -A tokenwatch.workers.app ...` and wait for the ready line in its log."""
         log_path = self.workdir / f"{name}.log"
         log_file = log_path.open("wb")
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.app", *celery_args],
+            [sys.executable, "-m", "celery", "-A", "tokenwatch.workers.app", *celery_args],
             env=self.env, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.processes.append(process)
@@ -109,7 +109,8 @@ class Stack:
     def celery_script(self, body: str) -> Any:
         """Run a few lines with the Celery app in a separate process with this stack's env; returns the JSON
         its last output line holds."""
-        script = "import json, sys\nfrom workers.app import app\nfrom tasks.names import FETCH, DIFF, WRITE\n" + body
+        script = ("import json, sys\nfrom tokenwatch.workers.app import app\n"
+                  "from tokenwatch.tasks.names import FETCH, DIFF, WRITE\n" + body)
         result = subprocess.run([sys.executable, "-c", script], env=self.env, cwd=ROOT, capture_output=True,
                                 text=True, timeout=60, check=False)
         assert result.returncode == 0, result.stderr[-3000:]

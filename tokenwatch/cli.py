@@ -36,7 +36,7 @@ def _print_json(value: Any) -> None:
 
 
 def _redis_or_none(settings: Settings) -> redis.Redis | None:
-    from cache.redis_client import get_redis  # noqa: PLC0415 - keep `tokenwatch --help` fast
+    from tokenwatch.cache.redis_client import get_redis  # noqa: PLC0415 - keep `tokenwatch --help` fast
 
     client = get_redis(settings.effective_redis_url())
     try:
@@ -74,9 +74,9 @@ def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
 def _sync_through_broker(settings: Settings, timeout_s: float) -> Any:
     from celery.exceptions import TimeoutError as CeleryTimeout  # noqa: PLC0415
 
-    from cache.redis_client import to_redis_py_url  # noqa: PLC0415
-    from tasks.sync import sync_chain, wait_for_outcome  # noqa: PLC0415
     from tokenwatch import pipeline  # noqa: PLC0415
+    from tokenwatch.cache.redis_client import to_redis_py_url  # noqa: PLC0415
+    from tokenwatch.tasks.sync import sync_chain, wait_for_outcome  # noqa: PLC0415
 
     sync_id = pipeline.new_sync_id()
     # Celery's own client retries an unreachable broker for about 20 s whatever our timeout; ask first.
@@ -104,8 +104,8 @@ def _sync_through_broker(settings: Settings, timeout_s: float) -> Any:
 
 
 def cmd_tokens(settings: Settings, args: argparse.Namespace) -> int:
-    from db.engine import get_engine  # noqa: PLC0415
-    from db.queries import list_tokens  # noqa: PLC0415
+    from tokenwatch.db.engine import get_engine  # noqa: PLC0415
+    from tokenwatch.db.queries import list_tokens  # noqa: PLC0415
     from tokenwatch.pipeline import now_ms  # noqa: PLC0415
 
     rows = list_tokens(get_engine(settings.database_url), args.status, now_ms=now_ms(),
@@ -123,8 +123,8 @@ def cmd_tokens(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
-    from db.engine import get_engine  # noqa: PLC0415
-    from db.queries import history  # noqa: PLC0415
+    from tokenwatch.db.engine import get_engine  # noqa: PLC0415
+    from tokenwatch.db.queries import history  # noqa: PLC0415
 
     rows = history(get_engine(settings.database_url), args.symbol, args.limit)
     if args.json:
@@ -138,8 +138,8 @@ def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_events(settings: Settings, args: argparse.Namespace) -> int:
-    from cache import keys  # noqa: PLC0415
-    from cache.redis_client import get_redis  # noqa: PLC0415
+    from tokenwatch.cache import keys  # noqa: PLC0415
+    from tokenwatch.cache.redis_client import get_redis  # noqa: PLC0415
 
     client = get_redis(settings.effective_redis_url())
 

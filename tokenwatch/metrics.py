@@ -35,10 +35,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.multiprocess import mark_process_dead as _mark_process_dead
 from prometheus_client.registry import Collector
 
-from db.engine import get_engine, sqlite_path
-from db.schema import PHASES
-from domain.diff import EVENT_TYPES
 from tokenwatch import alerts, status
+from tokenwatch.db.engine import get_engine, sqlite_path
+from tokenwatch.db.schema import PHASES
+from tokenwatch.domain.diff import EVENT_TYPES
 from tokenwatch.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -19,17 +19,17 @@ from typing import Any
 import redis
 from sqlalchemy.exc import SQLAlchemyError
 
-from cache import events, hot, keys, lock
-from db.engine import get_engine
-from db.queries import load_registry, sync_run
-from db.schema import PHASES
-from db.writer import WriteResult, apply_plan, record_outcome, sync_run_row
-from domain.contracts import Memo, RawJson, contract_list, parse_contracts
-from domain.diff import COUNT_KEYS, Plan, build_plan, is_suspect, missing_symbols
-from domain.registry import Registry
-from fetch import kucoin
 from tokenwatch import metrics
+from tokenwatch.cache import events, hot, keys, lock
+from tokenwatch.db.engine import get_engine
+from tokenwatch.db.queries import load_registry, sync_run
+from tokenwatch.db.schema import PHASES
+from tokenwatch.db.writer import WriteResult, apply_plan, record_outcome, sync_run_row
+from tokenwatch.domain.contracts import Memo, RawJson, contract_list, parse_contracts
+from tokenwatch.domain.diff import COUNT_KEYS, Plan, build_plan, is_suspect, missing_symbols
+from tokenwatch.domain.registry import Registry
 from tokenwatch.errors import BadResponseError, FetchError, StaleSnapshotError, TokenwatchError
+from tokenwatch.fetch import kucoin
 from tokenwatch.settings import Settings
 
 log = logging.getLogger("tokenwatch.sync")

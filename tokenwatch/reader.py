@@ -48,13 +48,13 @@ import redis
 from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from cache import hot, keys
-from cache.redis_client import to_redis_py_url
-from db.engine import BUSY_TIMEOUT_MS, sqlite_path
-from db.queries import history, list_tokens
-from db.schema import tokens
-from domain.contracts import METADATA_FIELDS
-from domain.registry import ACTIVE
+from tokenwatch.cache import hot, keys
+from tokenwatch.cache.redis_client import to_redis_py_url
+from tokenwatch.db.engine import BUSY_TIMEOUT_MS, sqlite_path
+from tokenwatch.db.queries import history, list_tokens
+from tokenwatch.db.schema import tokens
+from tokenwatch.domain.contracts import METADATA_FIELDS
+from tokenwatch.domain.registry import ACTIVE
 from tokenwatch.errors import ConfigError, TokenwatchError
 from tokenwatch.settings import get_settings, redact_url
 

@@ -23,7 +23,7 @@ STOP_GRACE_S = 7.0  # children get this long after SIGTERM; everything is gone w
 
 
 def _celery(*args: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "workers.app", *args]
+    return [sys.executable, "-m", "celery", "-A", "tokenwatch.workers.app", *args]
 
 
 def commands(settings: Settings) -> dict[str, list[str]]:
@@ -106,7 +106,7 @@ class Runner:
     def _kick_first_sync(self, env: dict[str, str]) -> None:
         # Beat's first tick comes one interval after start; a newcomer should see the registry fill now.
         subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.app", "call", "tokenwatch.sync"],
+            [sys.executable, "-m", "celery", "-A", "tokenwatch.workers.app", "call", "tokenwatch.sync"],
             env=env, stdout=subprocess.DEVNULL, start_new_session=True,
         )
 

@@ -25,15 +25,15 @@ from redis.retry import Retry
 from sqlalchemy import Connection, Engine, desc, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from cache.redis_client import get_redis
-from db import maintenance
-from db.engine import get_engine, make_engine, sqlite_path
-from db.queries import recent_syncs
-from db.schema import PHASES, sync_runs, token_history, tokens
-from domain.diff import COUNT_KEYS
-from tasks.names import Queue
 from tokenwatch import alerts
+from tokenwatch.cache.redis_client import get_redis
+from tokenwatch.db import maintenance
+from tokenwatch.db.engine import get_engine, make_engine, sqlite_path
+from tokenwatch.db.queries import recent_syncs
+from tokenwatch.db.schema import PHASES, sync_runs, token_history, tokens
+from tokenwatch.domain.diff import COUNT_KEYS
 from tokenwatch.settings import Settings, redact_url
+from tokenwatch.tasks.names import Queue
 
 log = logging.getLogger("tokenwatch.status")
 

@@ -7,13 +7,13 @@ from typing import Any
 
 from celery import Celery, signals
 
-from workers import broker
+from tokenwatch.workers import broker
 
 # Before the app opens any broker connection: kombu's Redis transport with one client per channel.
 broker.install()
 
-app = Celery("tokenwatch", include=["tasks.sync", "tasks.maintenance"])
-app.config_from_object("celeryconfig")
+app = Celery("tokenwatch", include=["tokenwatch.tasks.sync", "tokenwatch.tasks.maintenance"])
+app.config_from_object("tokenwatch.celeryconfig")
 
 
 def _freeze_imports(**_: Any) -> None:

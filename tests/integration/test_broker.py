@@ -6,9 +6,9 @@ import pytest
 import redis
 from kombu import Connection
 
-from cache.redis_client import to_kombu_url
+from tokenwatch.cache.redis_client import to_kombu_url
 from tokenwatch.embedded import EmbeddedRedis
-from workers import broker
+from tokenwatch.workers import broker
 
 pytestmark = pytest.mark.integration
 

@@ -94,7 +94,7 @@ def test_the_chain_stores_only_its_outcome_and_caches_the_exchange_json(stack: S
     stack.env["TOKENWATCH_KUCOIN_URL"] = sim.url
     stack.start_worker()
     answer = stack.celery_script(
-        "from tasks.sync import sync_chain\n"
+        "from tokenwatch.tasks.sync import sync_chain\n"
         "result = sync_chain().apply_async()\n"
         "outcome = result.get(timeout=60)\n"
         "steps = (result.parent.parent, result.parent, result)\n"
@@ -114,7 +114,7 @@ def test_a_step_that_crashes_inside_the_chain_is_reported_to_the_caller(stack: S
     stack.start_worker()
     answer = stack.celery_script(
         "from celery import chain\n"
-        "from tasks.sync import diff_and_build, wait_for_outcome, write_batch\n"
+        "from tokenwatch.tasks.sync import diff_and_build, wait_for_outcome, write_batch\n"
         # A message the step cannot handle (no snapshot key): an error no step catches, as a bug would raise.
         "broken = {'status': 'running', 'sync_id': 'crash-test'}\n"
         "steps = chain(diff_and_build.s(broken).set(ignore_result=True), write_batch.s())\n"

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from cache import keys
-from cache.events import publish_pending
-from db.engine import dispose_engines, get_engine
 from tests.conftest import Stack
 from tokenwatch import pipeline
+from tokenwatch.cache import keys
+from tokenwatch.cache.events import publish_pending
+from tokenwatch.db.engine import dispose_engines, get_engine
 from tokenwatch.embedded import EmbeddedRedis
 from tokenwatch.settings import Settings
 from tokenwatch.simulator import Simulator

@@ -24,13 +24,13 @@ import pytest
 import redis
 import requests
 
-from cache import keys, lock
-from db.engine import dispose_engines, get_engine
-from db.writer import apply_plan
-from domain.diff import Plan
 from tests.conftest import ROOT, Stack
 from tests.invariants import check_invariants
 from tokenwatch import pipeline
+from tokenwatch.cache import keys, lock
+from tokenwatch.db.engine import dispose_engines, get_engine
+from tokenwatch.db.writer import apply_plan
+from tokenwatch.domain.diff import Plan
 from tokenwatch.embedded import EmbeddedRedis
 from tokenwatch.errors import StaleSnapshotError
 from tokenwatch.settings import Settings
@@ -880,7 +880,7 @@ def test_pickled_task_message_is_refused_by_the_worker(stack: Stack, sim: Simula
     marker = stack.workdir / "unpickled"
     # Unpickling this argument would create the marker file: proof that the payload was never deserialised.
     sent = stack.celery_script(
-        "from tasks.names import SYNC\n"
+        "from tokenwatch.tasks.names import SYNC\n"
         "class Payload:\n"
         f"    def __reduce__(self): return (open, ({str(marker)!r}, 'w'))\n"
         "result = app.send_task(SYNC, args=(Payload(),), serializer='pickle')\n"
@@ -911,8 +911,8 @@ def test_redis_password_never_appears_in_sync_output(stack: Stack, sim: Simulato
     through_broker = stack.tokenwatch("sync", "--json", "--timeout", "3")
     elapsed = time.monotonic() - started
     inline = stack.tokenwatch("sync", "--json", "--inline")
-    config = subprocess.run([sys.executable, "-m", "celeryconfig"], env=stack.env, cwd=ROOT, capture_output=True,
-                            text=True, timeout=30, check=False)
+    config = subprocess.run([sys.executable, "-m", "tokenwatch.celeryconfig"], env=stack.env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=30, check=False)
 
     for result in (through_broker, inline, config):
         assert "s3cret" not in result.stdout + result.stderr, result.stdout + result.stderr

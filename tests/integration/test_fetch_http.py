@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from fetch import kucoin
 from tokenwatch.errors import BadResponseError, FetchError, TransientFetchError
+from tokenwatch.fetch import kucoin
 
 pytestmark = pytest.mark.integration
 

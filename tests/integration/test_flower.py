@@ -13,11 +13,11 @@ from typing import Any, TypeVar
 import pytest
 import requests
 
-from tasks.names import DIFF, FETCH, WRITE
 from tests.conftest import Stack
 from tokenwatch.runner import commands
 from tokenwatch.settings import Settings
 from tokenwatch.simulator import Simulator
+from tokenwatch.tasks.names import DIFF, FETCH, WRITE
 
 pytestmark = pytest.mark.integration
 
@@ -77,7 +77,7 @@ def _start_flower(stack: Stack, port: int) -> str:
     """Start Flower with the very argv `tokenwatch run` uses; returns its base URL once it answers."""
     settings = Settings(flower_port=port, flower_address="127.0.0.1", data_dir=str(stack.workdir / "data"))
     argv = commands(settings)["flower"]
-    assert argv[:6] == [sys.executable, "-m", "celery", "-A", "workers.app", "flower"]
+    assert argv[:6] == [sys.executable, "-m", "celery", "-A", "tokenwatch.workers.app", "flower"]
     assert "--address=127.0.0.1" in argv
     stack.start("flower", *argv[5:], ready="Visit me at")
     base = f"http://127.0.0.1:{port}"

@@ -149,8 +149,8 @@ def test_maintenance_tasks_run_on_the_db_queue_and_prune_old_sync_runs(stack: St
 
 
 def test_every_periodic_entry_expires_before_its_next_run() -> None:
-    import celeryconfig
-    from tasks.names import ROUTES
+    from tokenwatch import celeryconfig
+    from tokenwatch.tasks.names import ROUTES
 
     entries = celeryconfig.beat_schedule
     assert set(entries) == {"sync-contracts", "check-alerts", "prune-sync-runs", "db-vacuum", "db-optimize"}
@@ -167,8 +167,8 @@ def test_prune_walks_a_long_backlog_a_day_at_a_time_and_vacuum_only_runs_when_pa
         tmp_path: Path) -> None:
     from sqlalchemy import event
 
-    from db import maintenance
-    from db.engine import dispose_engines, get_engine
+    from tokenwatch.db import maintenance
+    from tokenwatch.db.engine import dispose_engines, get_engine
 
     url = f"sqlite:///{tmp_path / 'tokens.db'}"
     engine = get_engine(url, writer=True)

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import redis
 
-from cache import keys
 from tests.conftest import Stack
+from tokenwatch.cache import keys
 from tokenwatch.embedded import EmbeddedRedis
 from tokenwatch.reader import Registry
 from tokenwatch.simulator import Simulator

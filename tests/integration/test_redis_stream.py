@@ -10,8 +10,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from cache import hot
-from cache.redis_client import get_redis, stream
+from tokenwatch.cache import hot
+from tokenwatch.cache.redis_client import get_redis, stream
 from tokenwatch.embedded import EmbeddedRedis
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ import orjson
 import pytest
 import requests
 
-from domain.contracts import parse_contract, parse_contracts
+from tokenwatch.domain.contracts import parse_contract, parse_contracts
 from tokenwatch.simulator import Simulator, SimulatorError
 
 pytestmark = pytest.mark.integration

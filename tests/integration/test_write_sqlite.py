@@ -15,14 +15,14 @@ import pytest
 from sqlalchemy import Engine, event
 from sqlalchemy.exc import IntegrityError
 
-import db.engine
-import db.writer
-from db.engine import BUSY_TIMEOUT_MS, CACHE_KIB, MMAP_BYTES, init_db, make_engine, sqlite_path
-from db.queries import load_registry
-from db.writer import WriteResult, apply_plan
-from domain.contracts import Contract, parse_contracts
-from domain.diff import Event, Plan, build_plan
-from domain.registry import ACTIVE, DELISTED, Registry
+import tokenwatch.db.engine
+import tokenwatch.db.writer
+from tokenwatch.db.engine import BUSY_TIMEOUT_MS, CACHE_KIB, MMAP_BYTES, init_db, make_engine, sqlite_path
+from tokenwatch.db.queries import load_registry
+from tokenwatch.db.writer import WriteResult, apply_plan
+from tokenwatch.domain.contracts import Contract, parse_contracts
+from tokenwatch.domain.diff import Event, Plan, build_plan
+from tokenwatch.domain.registry import ACTIVE, DELISTED, Registry
 from tokenwatch.errors import StaleSnapshotError, WriteError
 from tokenwatch.simulator.generator import generate_contracts, new_contract
 
@@ -152,13 +152,13 @@ def write_lock_held(engine: Engine, *, release_after_s: float) -> Iterator[threa
 def short_busy_timeout(monkeypatch: pytest.MonkeyPatch, ms: int) -> None:
     """Connections made from now on wait at most `ms` for a lock, so the retry loop is reached quickly."""
     pragmas = tuple(
-        f"PRAGMA busy_timeout={ms}" if p.startswith("PRAGMA busy_timeout") else p for p in db.engine.PRAGMAS
+        f"PRAGMA busy_timeout={ms}" if p.startswith("PRAGMA busy_timeout") else p for p in tokenwatch.db.engine.PRAGMAS
     )
-    monkeypatch.setattr(db.engine, "PRAGMAS", pragmas)
+    monkeypatch.setattr(tokenwatch.db.engine, "PRAGMAS", pragmas)
 
 
 def lock_retries_logged(caplog: pytest.LogCaptureFixture) -> int:
-    return sum(1 for r in caplog.records if r.name == "db.writer" and "database is locked" in r.getMessage())
+    return sum(1 for r in caplog.records if r.name == "tokenwatch.db.writer" and "database is locked" in r.getMessage())
 
 
 # ---- schema and connection settings ------------------------------------------------------------------------
@@ -386,7 +386,7 @@ def test_constraint_violation_is_reported_as_write_error(engine: Engine) -> None
 
 def test_short_lock_is_absorbed_by_the_busy_timeout(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
     plan = plan_on(engine, snapshot(10), "sync-0", NOW)
-    caplog.set_level(logging.WARNING, logger="db.writer")
+    caplog.set_level(logging.WARNING, logger="tokenwatch.db.writer")
     with write_lock_held(engine, release_after_s=0.5):
         result = apply(engine, plan)
     assert result.revision == 1
@@ -401,7 +401,7 @@ def test_lock_longer_than_the_busy_timeout_succeeds_after_retrying(
     eng = make(tmp_path)
     try:
         plan = plan_on(eng, snapshot(10), "sync-0", NOW)
-        caplog.set_level(logging.WARNING, logger="db.writer")
+        caplog.set_level(logging.WARNING, logger="tokenwatch.db.writer")
         with write_lock_held(eng, release_after_s=1.0):
             result = apply(eng, plan)
         assert result == WriteResult(revision=1, duplicate=False, upserted=10, batches=1)
@@ -415,14 +415,14 @@ def test_lock_held_beyond_the_retry_bound_fails_cleanly(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     short_busy_timeout(monkeypatch, 100)
-    monkeypatch.setattr(db.writer, "LOCK_BACKOFF_S", 0.01)
+    monkeypatch.setattr(tokenwatch.db.writer, "LOCK_BACKOFF_S", 0.01)
     eng = make(tmp_path)
     try:
         contracts, _ = baseline(eng)
         later = NOW + MINUTE_MS
         plan = plan_on(eng, changed_snapshot(contracts, listed=2, delisted=1, now=later), "sync-1", later)
         before = dump(eng)
-        caplog.set_level(logging.WARNING, logger="db.writer")
+        caplog.set_level(logging.WARNING, logger="tokenwatch.db.writer")
         started = time.perf_counter()
         with write_lock_held(eng, release_after_s=10.0) as release:
             with pytest.raises(WriteError, match="locked") as info:
@@ -430,7 +430,7 @@ def test_lock_held_beyond_the_retry_bound_fails_cleanly(
             elapsed = time.perf_counter() - started
             release.set()
         assert "\n" not in str(info.value)
-        assert lock_retries_logged(caplog) == db.writer.LOCK_RETRIES
+        assert lock_retries_logged(caplog) == tokenwatch.db.writer.LOCK_RETRIES
         assert elapsed < 5.0
         assert dump(eng) == before
     finally:
@@ -441,12 +441,12 @@ def test_lock_retries_follow_the_module_setting(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     short_busy_timeout(monkeypatch, 50)
-    monkeypatch.setattr(db.writer, "LOCK_RETRIES", 1)
-    monkeypatch.setattr(db.writer, "LOCK_BACKOFF_S", 0.01)
+    monkeypatch.setattr(tokenwatch.db.writer, "LOCK_RETRIES", 1)
+    monkeypatch.setattr(tokenwatch.db.writer, "LOCK_BACKOFF_S", 0.01)
     eng = make(tmp_path)
     try:
         plan = plan_on(eng, snapshot(5), "sync-0", NOW)
-        caplog.set_level(logging.WARNING, logger="db.writer")
+        caplog.set_level(logging.WARNING, logger="tokenwatch.db.writer")
         with write_lock_held(eng, release_after_s=10.0) as release:
             with pytest.raises(WriteError, match="locked"):
                 apply(eng, plan)

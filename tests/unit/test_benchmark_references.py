@@ -13,12 +13,12 @@ import pytest
 from sqlalchemy import Engine
 
 from benchmarks import references
-from db.engine import init_db, make_engine
-from db.queries import load_registry
-from db.writer import apply_plan
-from domain.contracts import parse_contracts
-from domain.diff import Plan, build_plan
-from domain.registry import Registry
+from tokenwatch.db.engine import init_db, make_engine
+from tokenwatch.db.queries import load_registry
+from tokenwatch.db.writer import apply_plan
+from tokenwatch.domain.contracts import parse_contracts
+from tokenwatch.domain.diff import Plan, build_plan
+from tokenwatch.domain.registry import Registry
 from tokenwatch.simulator import generate_contracts, new_contract
 
 HOUR_MS = 3_600_000

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from domain.contracts import (
+from tokenwatch.domain.contracts import (
     METADATA_KEYS,
     REQUIRED,
     InvalidContract,

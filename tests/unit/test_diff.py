@@ -7,9 +7,9 @@ from typing import Any
 import orjson
 import pytest
 
-from domain.contracts import METADATA_KEYS, Contract, parse_contract
-from domain.diff import Plan, build_plan, is_new, is_suspect, missing_symbols
-from domain.registry import ACTIVE, DELISTED, Registry, RegistryRow
+from tokenwatch.domain.contracts import METADATA_KEYS, Contract, parse_contract
+from tokenwatch.domain.diff import Plan, build_plan, is_new, is_suspect, missing_symbols
+from tokenwatch.domain.registry import ACTIVE, DELISTED, Registry, RegistryRow
 
 HOUR_MS = 3_600_000
 DAY_MS = 24 * HOUR_MS

@@ -9,7 +9,7 @@ import orjson
 import pytest
 import redis
 
-from cache import hot, keys
+from tokenwatch.cache import hot, keys
 
 TTL_S = 600
 

@@ -6,7 +6,7 @@ import fakeredis
 import pytest
 import redis
 
-from cache import keys, lock
+from tokenwatch.cache import keys, lock
 
 
 @pytest.fixture

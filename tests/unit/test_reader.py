@@ -15,13 +15,13 @@ import redis
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from cache import hot, keys
-from db.engine import dispose_engines, get_engine
-from db.queries import load_registry
-from db.writer import apply_plan
-from domain.contracts import METADATA_COLUMNS, METADATA_KEYS, parse_contracts
-from domain.diff import build_plan
 from tokenwatch import reader
+from tokenwatch.cache import hot, keys
+from tokenwatch.db.engine import dispose_engines, get_engine
+from tokenwatch.db.queries import load_registry
+from tokenwatch.db.writer import apply_plan
+from tokenwatch.domain.contracts import METADATA_COLUMNS, METADATA_KEYS, parse_contracts
+from tokenwatch.domain.diff import build_plan
 from tokenwatch.reader import Registry, RegistryUnavailableError, contract_from_row
 from tokenwatch.settings import get_settings
 from tokenwatch.simulator import generate_contracts, new_contract

@@ -8,7 +8,7 @@ import pytest
 import redis
 from redis.connection import PythonRespSerializer
 
-from cache.redis_client import SEND_AS_IS, CommandPacker, pack_hset
+from tokenwatch.cache.redis_client import SEND_AS_IS, CommandPacker, pack_hset
 
 
 def _encode(value: Any) -> bytes | memoryview:

@@ -9,7 +9,7 @@ import fakeredis
 import pytest
 import redis
 
-from cache.redis_client import stream
+from tokenwatch.cache.redis_client import stream
 
 
 @pytest.fixture

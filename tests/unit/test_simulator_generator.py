@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
-from domain.contracts import MARKET_KEYS, parse_contract, parse_contracts
+from tokenwatch.domain.contracts import MARKET_KEYS, parse_contract, parse_contracts
 from tokenwatch.simulator import generate_contracts, market_tick, new_contract
 from tokenwatch.simulator.generator import DAY_MS, REFERENCE_NOW_MS, base_name
 

@@ -9,7 +9,7 @@ import fakeredis
 import pytest
 import redis
 
-from cache import staging
+from tokenwatch.cache import staging
 from tokenwatch.errors import StagingError
 
 TTL_S = 60
