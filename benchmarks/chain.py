@@ -123,7 +123,7 @@ class Worker:
 
 def timed_sync() -> tuple[float, dict[str, Any]]:
     """One sync through the chain: (milliseconds from apply_async to the outcome, the outcome)."""
-    from tokenwatch.pipeline import new_sync_id
+    from tokenwatch.syncstate import new_sync_id
     from tokenwatch.tasks.sync import sync_chain, wait_for_outcome
 
     sync_id = new_sync_id()

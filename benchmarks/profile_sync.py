@@ -17,8 +17,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import exchange
-from tokenwatch import pipeline
-from tokenwatch.cache.redis_client import get_redis
+from tokenwatch import pipeline, process
 from tokenwatch.embedded import EmbeddedRedis
 from tokenwatch.settings import Settings
 from tokenwatch.simulator import Simulator
@@ -37,20 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with EmbeddedRedis(str(workdir / "redis.sock"), str(workdir)) as server, \
                 Simulator(port=0, contracts=args.size, seed=SEED) as sim:
-            client = get_redis(server.url)  # the client the workers use
+            client = process.current().redis(server.url)  # the client the workers use
             client.config_set("save", "")
             settings = Settings(kucoin_url=sim.url, database_url=f"sqlite:///{workdir / 'tokens.db'}",
                                 redis_url=server.url, http_retries=0)
             for _ in range(2):
-                pipeline.sync_inline(settings, client)
+                pipeline.sync_inline(settings)
             change = exchange.SteadyChange(sim, SEED) if args.scenario == "steady" else exchange.ChurnChange(sim, SEED)
             change.apply(0)
             exchange.warm_body(sim)
             profiler = cProfile.Profile()
             profiler.enable()
-            outcome = pipeline.sync_inline(settings, client)
+            outcome = pipeline.sync_inline(settings)
             profiler.disable()
-            client.close()
         print(f"{args.scenario} sync of {args.size:,} contracts under cProfile: {outcome.to_json()['timings_ms']}")
         stats = pstats.Stats(profiler, stream=sys.stdout)
         stats.sort_stats("cumulative").print_stats(args.top)

@@ -29,8 +29,8 @@ import redis
 
 from tokenwatch.cache.redis_client import pack_hset, stream
 from tokenwatch.db.engine import PRAGMAS
-from tokenwatch.db.writer import TOKEN_COLUMNS
 from tokenwatch.domain.diff import Plan
+from tokenwatch.domain.registry import TOKEN_COLUMNS
 
 COMMIT_EVERY = 100  # (b): the source system's batch
 HSET_CHUNK = 1_000  # (c): fields per HSET command, as our stage_entries sends them

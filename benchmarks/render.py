@@ -123,8 +123,8 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         f"tokenwatch benchmark: {m['cpus']} CPUs, Python {m['python']}, SQLite {m['sqlite']}, Redis {m['redis']}, "
         f"Celery {m['celery']}; code {m['code']}; {m['elapsed_s']:.0f} s in all",
-        "Each sync is tokenwatch.pipeline.sync_inline (fetch_snapshot, build, write, stage_cache + publish_cache, "
-        "publish_events, finish) with the phase timings it reports,",
+        "Each sync is tokenwatch.pipeline.run_inline (the chain's own steps fetch, diff, write, run in one process) "
+        "with the phase timings it reports,",
         "against the local simulator over real HTTP, a fresh SQLite file and a real Redis, in a fresh child process. "
         "steady: 1% of contracts get new listing",
         "metadata and market data moves on all; churn: 2% listed + 2% delisted. Every steady/churn run starts from "

@@ -27,12 +27,16 @@ import redis
 from benchmarks import references
 from benchmarks.child import Pause
 from benchmarks.warm import CallTimer, JsonTimer, vm_status, warm_writer
-from tokenwatch import pipeline
-from tokenwatch.cache import hot, keys
-from tokenwatch.cache.redis_client import get_redis
-from tokenwatch.db.engine import dispose_engines, init_db, make_engine
+from tokenwatch import pipeline, process
+from tokenwatch.cache import keys
+from tokenwatch.clock import Timer
+from tokenwatch.db.engine import init_db, make_engine
+from tokenwatch.db.queries import load_head
 from tokenwatch.domain import contracts
+from tokenwatch.domain.diff import Plan
 from tokenwatch.fetch import kucoin
+from tokenwatch.handoff import MemoryHandoff
+from tokenwatch.outcome import Outcome
 from tokenwatch.settings import Settings
 
 SCENARIOS = ("cold", "steady", "churn")
@@ -101,8 +105,8 @@ class Measurement:
 @dataclass(slots=True)
 class _Synced:
     phases: dict[str, float]
-    built: pipeline.Built
-    outcome: pipeline.Outcome
+    plan: Plan
+    outcome: Outcome
 
 
 def _size(path: str) -> int:
@@ -138,24 +142,23 @@ def _table(path: str, sql: str) -> list[tuple[Any, ...]]:
         conn.close()
 
 
-class _KeepBuilt:
-    """Wraps tokenwatch.pipeline.build in this process to keep what it built (the references need the plan)."""
+class KeepingHandoff(MemoryHandoff):
+    """The inline path's memory handoff, keeping the last plan it handed over (the references need it)."""
 
     def __init__(self) -> None:
-        self.original = pipeline.build
-        self.last: pipeline.Built | None = None
-        vars(pipeline)["build"] = self
+        super().__init__()
+        self.last: Plan | None = None
 
-    def __call__(self, settings: Settings, snapshot: pipeline.Snapshot, client: redis.Redis | None) -> pipeline.Built:
-        self.last = self.original(settings, snapshot, client)
+    def take_plan(self, sync_id: str) -> Plan:
+        self.last = super().take_plan(sync_id)
         return self.last
 
 
-def _sync(settings: Settings, client: redis.Redis, keep: _KeepBuilt) -> _Synced:
-    """One whole sync through tokenwatch.pipeline.sync_inline: the stage functions, in the pipeline's order."""
+def _sync(settings: Settings, keep: KeepingHandoff) -> _Synced:
+    """One whole sync through tokenwatch.pipeline: the steps the chain runs, in order, in this process."""
     keep.last = None
-    total = pipeline.Timer()
-    outcome = pipeline.sync_inline(settings, client)
+    total = Timer()
+    outcome = pipeline.run_inline(pipeline.inline_context(settings, handoff=keep)).outcome()
     elapsed = total.ms()
     if outcome.status not in ("ok", "baseline") or keep.last is None:
         raise RuntimeError(f"the sync was {outcome.status}: {outcome.error}")
@@ -175,7 +178,7 @@ def _reference(job: Job, name: str, rows: references.Rows, client: redis.Redis, 
         shutil.copyfile(prestate, path)
     conn = references.connect(path)
     try:
-        timer = pipeline.Timer()
+        timer = Timer()
         _WRITERS[name](conn, rows)
         result = RefResult(db_ms=timer.ms())
     finally:
@@ -185,7 +188,7 @@ def _reference(job: Job, name: str, rows: references.Rows, client: redis.Redis, 
     # size of ours, so its UNLINK costs what our publish's does.
     if prestate is not None:
         client.copy(keys.TOKENS, FLOOR_LIVE, replace=True)
-    timer = pipeline.Timer()
+    timer = Timer()
     references.floor_cache(client, FLOOR_TEMP, FLOOR_LIVE, rows.cache)
     result.cache_ms = timer.ms()
     client.unlink(FLOOR_LIVE)
@@ -199,50 +202,46 @@ def _reference(job: Job, name: str, rows: references.Rows, client: redis.Redis, 
     return result
 
 
-def _cache_entries(client: redis.Redis, built: pipeline.Built) -> dict[str, bytes]:
+def _published_cache(client: redis.Redis) -> dict[str, bytes]:
     """The hash the sync published: its new entries, and the live ones it kept for absent-but-kept symbols."""
-    cache = {symbol: bytes(text) for symbol, text in built.entries.items()}
-    missing = built.plan.missing
-    if missing:
-        kept = client.hmget(keys.TOKENS, missing)
-        cache.update({s: v for s, v in zip(missing, kept, strict=True) if isinstance(v, bytes)})
-    return cache
+    raw: dict[bytes, bytes] = client.hgetall(keys.TOKENS)  # type: ignore[assignment]
+    return {symbol.decode(): value for symbol, value in raw.items()}
 
 
 def measure(job: Job, pause: Pause) -> Measurement:
     """Reach a running worker's state, pause for the parent to script the exchange, time one sync, references."""
-    clock = pipeline.Timer()
+    clock = Timer()
     logging.getLogger("tokenwatch").setLevel(logging.ERROR)
     settings = Settings(
         kucoin_url=job.sim_url, database_url=f"sqlite:///{job.db_path}", redis_url=job.redis_url, http_retries=0,
     )
-    client = get_redis(job.redis_url)  # the client the workers use
+    state = process.current()
+    client = state.redis(job.redis_url)  # the client the workers use
     json_timers: dict[str, JsonTimer | CallTimer] = {
         "api": JsonTimer.install(kucoin),
         "process": CallTimer.install(contracts, "_decode_envelope", factories=("fields_decoder",)),
     }
-    keep = _KeepBuilt()
+    keep = KeepingHandoff()
     db_load_cold: float | None = None
     prestate: str | None = None
     if job.previous_sync:
-        db_load_cold = _sync(settings, client, keep).phases["db_load"]
+        db_load_cold = _sync(settings, keep).phases["db_load"]
         prestate = os.path.join(job.workdir, "prestate.db")
         snapshot_file(job.db_path, prestate)
-    before = pipeline.load_registry_state(settings, client)
-    # build() takes the snapshot exactly when this holds (tokenwatch.pipeline.load_registry_state).
-    remembered = pipeline._registry_snapshot
-    warm = remembered is not None and remembered[1] is before and hot.cache_version(client) == before.revision
-    warmup = warm_writer(settings, before)
+    engine = state.engine(settings.database_url)
+    before = state.trusted_registry(load_head(engine))  # what the diff step will take (steps.load_state)
+    warm = before is not None
+    warmup = warm_writer(settings, state)
     rss_before = vm_status()["VmRSS"] / 1024
     harness = {"prepare": clock.ms()}
     pause()
     for json_timer in json_timers.values():
         json_timer.ms = 0.0
 
-    synced = _sync(settings, client, keep)
+    synced = _sync(settings, keep)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     decode_ms = {phase: json_timer.ms for phase, json_timer in json_timers.items()}
-    plan = synced.built.plan
+    plan = synced.plan
     info = client.info("memory")
     measurement = Measurement(
         phases=synced.phases, decode_ms=decode_ms, db_load_cold_ms=db_load_cold, db_load_warm=warm,
@@ -252,23 +251,22 @@ def measure(job: Job, pause: Pause) -> Measurement:
         redis_used_bytes=_int(info.get("used_memory")),
         redis_hash_bytes=_int(client.memory_usage(keys.TOKENS, samples=0)),
     )
-    dispose_engines()
+    state.close()
     if job.references:
-        timer = pipeline.Timer()
+        timer = Timer()
         conn = sqlite3.connect(job.db_path)
         try:
-            cache = _cache_entries(client, synced.built)
-            rows = references.rows_from_db(conn, plan, synced.built.entries.keys(), cache)
+            cache = _published_cache(client)
+            rows = references.rows_from_db(conn, plan, [s for s in cache if s not in plan.missing], cache)
         finally:
             conn.close()
         del synced
         harness["read_back"] = timer.ms()
-        timer = pipeline.Timer()
+        timer = Timer()
         for name in job.references:
             measurement.refs[name] = _reference(job, name, rows, client, prestate)
         harness["references"] = timer.ms()
     if prestate is not None:
         remove_db(prestate)
     measurement.harness_ms = harness
-    client.close()
     return measurement

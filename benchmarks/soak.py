@@ -14,7 +14,6 @@ import requests
 from benchmarks.child import Pause
 from benchmarks.warm import vm_status
 from tokenwatch import pipeline
-from tokenwatch.cache.redis_client import get_redis
 from tokenwatch.settings import Settings
 
 WARMUP_SYNCS = 20
@@ -80,20 +79,18 @@ def soak(job: SoakJob, pause: Pause) -> SoakResult:
     settings = Settings(
         kucoin_url=job.sim_url, database_url=f"sqlite:///{job.db_path}", redis_url=job.redis_url, http_retries=0,
     )
-    client = get_redis(job.redis_url)  # the client the workers use
     session = requests.Session()
     result = SoakResult()
     del pause  # nothing to wait for: this process scripts the exchange itself
     for step in range(job.syncs):
         if step:
             _script(session, job, step)
-        outcome = pipeline.sync_inline(settings, client)
-        result.statuses[outcome.status] = result.statuses.get(outcome.status, 0) + 1
+        outcome = pipeline.sync_inline(settings)
+        result.statuses[outcome.status.value] = result.statuses.get(outcome.status.value, 0) + 1
         result.totals_ms.append(outcome.timings_ms.get("total", 0.0))
         status = vm_status()
         result.rss_mb.append(status["VmRSS"] / 1024)
         result.anon_mb.append(status.get("RssAnon", 0) / 1024)
     result.peak_rss_mb = vm_status()["VmHWM"] / 1024
-    client.close()
     session.close()
     return result

@@ -8,12 +8,14 @@ from typing import Any
 
 import orjson
 
-from tokenwatch import pipeline
-from tokenwatch.db.engine import get_engine
+from tokenwatch.clock import Timer, now_ms
+from tokenwatch.db.queries import load_head
 from tokenwatch.db.writer import _apply
 from tokenwatch.domain.contracts import METADATA_COLUMNS
-from tokenwatch.domain.diff import COUNT_KEYS, Event, Plan
-from tokenwatch.domain.registry import ACTIVE, Registry, RegistryRow
+from tokenwatch.domain.diff import Event, Plan
+from tokenwatch.domain.registry import ACTIVE, RegistryRow
+from tokenwatch.outcome import SyncStatus, zero_counts
+from tokenwatch.process import ProcessState
 from tokenwatch.settings import Settings
 
 
@@ -28,7 +30,7 @@ def vm_status(pid: int | str = "self") -> dict[str, int]:
     return found
 
 
-def warm_writer(settings: Settings, registry: Registry) -> float:
+def warm_writer(settings: Settings, state: ProcessState) -> float:
     """Run every statement of the write once, in transactions rolled back; returns the milliseconds it took.
 
     SQLAlchemy compiles a statement on its first use in an engine (the upsert has 54 columns and a 53-term
@@ -37,13 +39,14 @@ def warm_writer(settings: Settings, registry: Registry) -> float:
     """
     absent = "BENCHWARMUP"
     row = RegistryRow(absent, ACTIVE, "Open", False, None, 0, 0, None, (None,) * len(METADATA_COLUMNS))
-    timer = pipeline.Timer()
-    engine = get_engine(settings.database_url, writer=True)
+    timer = Timer()
+    engine = state.engine(settings.database_url, writer=True)
+    revision = load_head(engine).revision
     for missing in ([], [absent]):
         plan = Plan(
-            sync_id="bench-warmup", now_ms=pipeline.now_ms(), base_revision=registry.revision, status="ok",
+            sync_id="bench-warmup", now_ms=now_ms(), base_revision=revision, status=SyncStatus.OK,
             upserts=[row], delist=[absent], pending=[absent], missing=missing,
-            events=[Event(absent, "listed", {})], counts=dict.fromkeys(COUNT_KEYS, 0),
+            events=[Event(absent, "listed", {})], counts=zero_counts(),
         )
         with engine.connect() as conn:
             transaction = conn.begin()

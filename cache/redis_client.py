@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis
 from typing_extensions import Buffer
@@ -57,9 +55,6 @@ class CommandPacker:
         output.append(b"".join(pieces))
         return output
 
-_clients: dict[tuple[int, str], redis.Redis] = {}
-
-
 def to_redis_py_url(url: str) -> str:
     """redis-py spells a unix socket unix:///path; kombu spells it redis+socket:///path."""
     if url.startswith("redis+socket://"):
@@ -74,26 +69,17 @@ def to_kombu_url(url: str) -> str:
     return url
 
 
-def get_redis(url: str) -> redis.Redis:
-    """This process's client for url (bytes responses, timeouts always, health checks on)."""
-    key = (os.getpid(), url)
-    client = _clients.get(key)
-    if client is None:
-        pool = redis.ConnectionPool.from_url(
-            to_redis_py_url(url), socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S,
-            health_check_interval=30, retry_on_timeout=False,
-        )
-        encoder = pool.get_encoder()
-        plain = encoder.encoding_errors == "strict"
-        pool.connection_kwargs["command_packer"] = CommandPacker(encoder.encode, encoder.encoding if plain else None)
-        client = redis.Redis(connection_pool=pool)
-        _clients[key] = client
-    return client
-
-
-def is_unix_socket(url: str) -> bool:
-    """True when the URL points at a unix socket."""
-    return urlsplit(to_redis_py_url(url)).scheme == "unix"
+def make_redis(url: str) -> redis.Redis:
+    """A client for url (bytes responses, timeouts always, health checks on); one per process
+    (tokenwatch.process keeps it)."""
+    pool = redis.ConnectionPool.from_url(
+        to_redis_py_url(url), socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S,
+        health_check_interval=30, retry_on_timeout=False,
+    )
+    encoder = pool.get_encoder()
+    plain = encoder.encoding_errors == "strict"
+    pool.connection_kwargs["command_packer"] = CommandPacker(encoder.encode, encoder.encoding if plain else None)
+    return redis.Redis(connection_pool=pool)
 
 
 def pack_hset(key: str, pairs: Sequence[tuple[str, Buffer]]) -> bytes:

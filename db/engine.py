@@ -10,16 +10,14 @@ from sqlalchemy import Engine, create_engine, event, insert, select
 from sqlalchemy.engine.url import make_url
 from sqlalchemy.exc import DBAPIError
 
+from tokenwatch.db.locking import describe, with_lock_retry
 from tokenwatch.db.schema import metadata, registry_state, tokens
 from tokenwatch.errors import WriteError
 
 BUSY_TIMEOUT_MS = 2_000
-# A worker's resident memory stays flat only if neither cache keeps what each sync appends (history rows,
-# sync runs, about 13 kB a sync at 5,000 contracts): a 64 MiB page cache kept those pages in the heap, and a
-# memory map kept every page it had read resident (soak of 500 syncs: +5.9%, then +4.5%, now +0.0%). The
-# registry itself is read from the database only on a cold start (registry snapshot per process), where
-# the map saved about a third (50,000 contracts: about 0.8 s against 1.2 s); reads go through the OS cache.
-CACHE_KIB = 2_048  # SQLite's default
+# SQLite's default page cache and no memory map: each sync appends history and sync-run pages, and a larger
+# cache or a map would keep them resident, so a worker's memory would grow (benchmarks/README.md).
+CACHE_KIB = 2_048
 MMAP_BYTES = 0
 
 PRAGMAS = (
@@ -86,29 +84,12 @@ def init_db(engine: Engine) -> None:
             conn.execute(insert(registry_state).values(id=1, revision=0))
 
 
-_engines: dict[tuple[int, str, bool], Engine] = {}
-
-
-def get_engine(database_url: str, *, writer: bool = False) -> Engine:
-    """This process's engine for the URL, made lazily so forked workers never share connections."""
-    key = (os.getpid(), database_url, writer)
-    engine = _engines.get(key)
-    if engine is None:
-        from tokenwatch.db.writer import describe, with_lock_retry  # noqa: PLC0415 - writer builds on this module
-
-        engine = make_engine(database_url, writer=writer)
-        try:
-            # Creating the schema writes: a database locked by another process is retried like any write.
-            with_lock_retry(lambda: init_db(engine))
-        except DBAPIError as exc:
-            engine.dispose()
-            raise WriteError(f"database unavailable: {describe(exc)}") from exc
-        _engines[key] = engine
-    return engine
-
-
-def dispose_engines() -> None:
-    """Close every engine of this process (at shutdown and in tests)."""
-    for engine in _engines.values():
+def open_engine(database_url: str, *, writer: bool = False) -> Engine:
+    """An engine for the URL with the schema in place (created if missing; a locked file is retried)."""
+    engine = make_engine(database_url, writer=writer)
+    try:
+        with_lock_retry(lambda: init_db(engine))
+    except DBAPIError as exc:
         engine.dispose()
-    _engines.clear()
+        raise WriteError(f"database unavailable: {describe(exc)}") from exc
+    return engine

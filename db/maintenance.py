@@ -22,9 +22,9 @@ from sqlalchemy import Delete, Engine, delete, event, func, select
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 
+from tokenwatch.db.locking import with_lock_retry
 from tokenwatch.db.queries import history, list_tokens, load_registry, recent_syncs
 from tokenwatch.db.schema import sync_runs, token_history, tokens
-from tokenwatch.db.writer import with_lock_retry
 
 PRUNE_STEP_MS = 86_400_000  # one day of sync_runs per delete transaction: a backlog never holds the lock long
 # A plan line that reads a whole table, not through an index: "SCAN tokens" (SQLite < 3.36: "SCAN TABLE tokens").

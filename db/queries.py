@@ -5,23 +5,35 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Engine, bindparam, desc, func, select
+from sqlalchemy import Connection, Engine, bindparam, desc, func, select
 
 from tokenwatch.db.schema import registry_state, sync_runs, token_history, tokens
-from tokenwatch.db.writer import TOKEN_COLUMNS
 from tokenwatch.domain.diff import is_new
-from tokenwatch.domain.registry import ACTIVE, DELISTED, Registry, RegistryRow
+from tokenwatch.domain.registry import ACTIVE, DELISTED, TOKEN_COLUMNS, RegistryHead, RegistryRow, RegistryState
 
 _ALL_TOKENS = select(*(tokens.c[c] for c in TOKEN_COLUMNS))
+_HEAD = select(registry_state.c.revision, registry_state.c.last_sync_id, registry_state.c.last_fetched_at).where(
+    registry_state.c.id == 1)
 
 
-def load_registry(engine: Engine) -> Registry:
-    """Every token row and the revision, read in one transaction."""
+def _head(conn: Connection) -> RegistryHead:
+    revision, last_sync_id, last_fetched_at = conn.execute(_HEAD).one()
+    return RegistryHead(int(revision), last_sync_id, last_fetched_at)
+
+
+def load_head(engine: Engine) -> RegistryHead:
+    """Which commit the registry is at (one row)."""
     with engine.connect() as conn:
-        state = conn.execute(select(registry_state.c.revision, registry_state.c.last_fetched_at)).one()
-        rows = {row[0]: RegistryRow.from_row(resolve_last_seen(row, state.last_fetched_at))
+        return _head(conn)
+
+
+def load_registry(engine: Engine) -> RegistryState:
+    """Every token row and the head, read in one transaction."""
+    with engine.connect() as conn:
+        head = _head(conn)
+        rows = {row[0]: RegistryRow.from_row(resolve_last_seen(row, head.last_fetched_at))
                 for row in conn.execute(_ALL_TOKENS)}
-    return Registry(revision=int(state.revision), rows=rows, last_fetched_at=state.last_fetched_at)
+    return RegistryState(head=head, rows=rows)
 
 
 _STATUS_AT = TOKEN_COLUMNS.index("status")

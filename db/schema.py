@@ -21,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.types import TypeEngine
 
 from tokenwatch.domain.contracts import METADATA_FIELDS, FieldKind
-from tokenwatch.domain.diff import COUNT_KEYS
+from tokenwatch.outcome import COUNT_KEYS, PHASES
 
 metadata = MetaData()
 
@@ -63,8 +63,6 @@ token_history = Table(
     Index("ix_token_history_symbol_time", "symbol", text("event_time DESC")),
     Index("ix_token_history_time", text("event_time DESC")),
 )
-
-PHASES = ("api", "db_load", "process", "batch_write", "cache", "total")
 
 sync_runs = Table(
     "sync_runs",

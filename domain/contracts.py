@@ -6,7 +6,7 @@ import math
 import operator
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
@@ -241,12 +241,11 @@ FieldsDecoder = Callable[[RawJson], Any]
 # answer's first contract (a few orders at most are ever seen; each is kept). Objects in another order still
 # decode the same, only slower.
 _MAX_ORDERS = 8
-_by_order: dict[tuple[str, ...], FieldsDecoder] = {}
 
 
-def fields_decoder(sample: Any) -> FieldsDecoder:
+def fields_decoder(sample: Any, decoders: dict[tuple[str, ...], FieldsDecoder] | None = None) -> FieldsDecoder:
     """A decoder of one contract's JSON text into its key fields, fastest for sample's key order (the fixed
-    order when sample is no JSON object)."""
+    order when sample is no JSON object); decoders keeps those made for the orders seen before."""
     try:
         decoded = orjson.loads(memoryview(sample)) if type(sample) is msgspec.Raw or isinstance(sample, bytes) else None
     except orjson.JSONDecodeError:
@@ -255,12 +254,13 @@ def fields_decoder(sample: Any) -> FieldsDecoder:
         return _decode_fields
     order = tuple(key for key in decoded if key in _TYPES)
     order += tuple(key for key in _CANONICAL if key not in order)
-    found = _by_order.get(order)
+    decoders = {} if decoders is None else decoders
+    found = decoders.get(order)
     if found is None:
-        if len(_by_order) >= _MAX_ORDERS:
-            _by_order.clear()
+        if len(decoders) >= _MAX_ORDERS:
+            decoders.clear()
         struct = msgspec.defstruct("_OrderedFields", [(key, _TYPES[key], None) for key in order])
-        found = _by_order[order] = msgspec.json.Decoder(struct).decode
+        found = decoders[order] = msgspec.json.Decoder(struct).decode
     return found
 
 
@@ -273,8 +273,13 @@ class ParseResult:
     reasons: tuple[str, ...]
 
 
-# What validation concluded about one symbol: (the key fields it was given, normalised meta).
-Memo = dict[str, tuple[Any, Meta]]
+@dataclass(slots=True)
+class ParseMemo:
+    """What parsing keeps between syncs in one process: each symbol's last validation, (the key fields it was
+    given, normalised meta), and the decoders made for the key orders seen."""
+
+    validated: dict[str, tuple[Any, Meta]] = field(default_factory=dict)
+    decoders: dict[tuple[str, ...], FieldsDecoder] = field(default_factory=dict)
 
 
 def _fields(item: Any, decode: FieldsDecoder) -> tuple[Any, RawJson]:
@@ -300,7 +305,7 @@ def _json(obj: dict[str, Any]) -> bytes:
     return memoryview(orjson.dumps(obj)).tobytes()
 
 
-def parse_contracts(items: Iterable[Any], keep_reasons: int = 5, memo: Memo | None = None) -> ParseResult:
+def parse_contracts(items: Iterable[Any], keep_reasons: int = 5, memo: ParseMemo | None = None) -> ParseResult:
     """Parse a contract list (JSON texts or decoded objects); bad records and repeated symbols are counted as
     invalid, never raised.
 
@@ -310,15 +315,16 @@ def parse_contracts(items: Iterable[Any], keep_reasons: int = 5, memo: Memo | No
     contracts: dict[str, Contract] = {}
     invalid = 0
     reasons: list[str] = []
-    fresh: Memo = {}
+    validated = None if memo is None else memo.validated
+    fresh: dict[str, tuple[Any, Meta]] = {}
     decode: FieldsDecoder | None = None
     for index, item in enumerate(items):
         if decode is None:
-            decode = fields_decoder(item)
+            decode = fields_decoder(item, None if memo is None else memo.decoders)
         try:
             fields, raw = _fields(item, decode)
             symbol = fields.symbol
-            known = memo.get(symbol) if memo is not None and type(symbol) is str else None
+            known = validated.get(symbol) if validated is not None and type(symbol) is str else None
             # Struct equality runs in C, field by field (and is False across key orders): no tuple of the
             # values is built for an unchanged contract.
             if known is not None and known[0] == fields:
@@ -339,12 +345,11 @@ def parse_contracts(items: Iterable[Any], keep_reasons: int = 5, memo: Memo | No
                 reasons.append(f"item {index}: duplicate symbol {contract.symbol}")
             continue
         contracts[contract.symbol] = contract
-        if memo is not None:
+        if validated is not None:
             fresh[contract.symbol] = remembered
     if memo is not None:
         # Only this snapshot's symbols stay remembered, so the memo never outgrows the exchange.
-        memo.clear()
-        memo.update(fresh)
+        memo.validated = fresh
     return ParseResult(contracts=contracts, invalid=invalid, reasons=tuple(reasons))
 
 

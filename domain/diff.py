@@ -5,17 +5,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from tokenwatch.domain.contracts import METADATA_KEYS, Contract
-from tokenwatch.domain.registry import ACTIVE, DELISTED, Registry, RegistryRow
+from tokenwatch.domain.registry import ACTIVE, DELISTED, RegistryHead, RegistryRow, RegistryState
+from tokenwatch.outcome import SyncStatus, zero_counts
 
 EVENT_TYPES = (
     "listed", "delisted", "relisted", "delisting_scheduled", "status_changed", "params_changed",
-)
-COUNT_KEYS = (
-    "fetched", "active", "listed", "delisted", "relisted", "delisting_scheduled", "status_changed",
-    "params_changed", "unchanged", "invalid",
 )
 PERPETUAL = "FFWCSX"
 _EXPIRE_AT = METADATA_KEYS.index("expireDate")
@@ -41,7 +38,7 @@ class Plan:
     sync_id: str
     now_ms: int
     base_revision: int
-    status: str  # ok | baseline | suspect
+    status: SyncStatus  # ok | baseline | suspect
     upserts: list[RegistryRow] = field(default_factory=list)
     delist: list[str] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
@@ -55,7 +52,7 @@ class Plan:
         """A JSON-able form, for staging the plan in Redis between tasks."""
         return {
             "sync_id": self.sync_id, "now_ms": self.now_ms, "base_revision": self.base_revision,
-            "status": self.status, "upserts": [row.as_row() for row in self.upserts],
+            "status": str(self.status), "upserts": [row.as_row() for row in self.upserts],
             "delist": self.delist, "events": [[e.symbol, e.event_type, e.details] for e in self.events],
             "counts": self.counts, "missing": self.missing, "pending": self.pending, "warning": self.warning,
             "seen_before": self.seen_before,
@@ -66,13 +63,13 @@ class Plan:
         """Inverse of to_json."""
         return cls(
             sync_id=data["sync_id"], now_ms=int(data["now_ms"]), base_revision=int(data["base_revision"]),
-            status=data["status"], upserts=[RegistryRow.from_row(r) for r in data["upserts"]],
+            status=SyncStatus(data["status"]), upserts=[RegistryRow.from_row(r) for r in data["upserts"]],
             delist=list(data["delist"]), events=[Event(s, t, d) for s, t, d in data["events"]],
             counts=dict(data["counts"]), missing=list(data["missing"]), pending=list(data["pending"]),
             warning=data.get("warning"), seen_before=data.get("seen_before"),
         )
 
-    def apply_to(self, registry: Registry) -> Registry:
+    def apply_to(self, registry: RegistryState) -> RegistryState:
         """The registry as it will be once this plan is committed (for the in-process snapshot)."""
         rows = dict(registry.rows)
         for row in self.upserts:
@@ -82,7 +79,8 @@ class Plan:
         for symbol in self.pending:
             rows[symbol] = dataclasses.replace(
                 rows[symbol], missing_since=self.now_ms, last_seen=self.seen_before or rows[symbol].last_seen)
-        return Registry(revision=registry.revision + 1, rows=rows, last_fetched_at=self.now_ms)
+        head = RegistryHead(registry.revision + 1, self.sync_id, self.now_ms)
+        return RegistryState(head=head, rows=rows)
 
 
 def _delisted(old: RegistryRow, now_ms: int, seen_before: int | None) -> RegistryRow:
@@ -96,6 +94,86 @@ def is_new(listed_at: int | None, now_ms: int, window_ms: int) -> bool:
     return listed_at is not None and now_ms - listed_at < window_ms
 
 
+def is_suspect(present: int, missing: int, active_before: int, max_drop_pct: float) -> bool:
+    """A snapshot is suspect when it is empty or lacks more than max_drop_pct percent of the active tokens."""
+    if active_before == 0:
+        return False
+    return present == 0 or 100.0 * missing / active_before > max_drop_pct
+
+
+def missing_symbols(contracts: Mapping[str, Contract], registry: RegistryState) -> list[str]:
+    """Active symbols of the registry that the snapshot lacks, sorted."""
+    active = {s for s, row in registry.rows.items() if row.status == ACTIVE}
+    return sorted(active.difference(contracts))
+
+
+def is_unchanged(old: RegistryRow, contract: Contract, now_ms: int, window_ms: int) -> bool:
+    """True when classify() would write nothing for this contract: checked first, inline, because nearly every
+    contract is unchanged (tests/unit/test_diff_property.py holds the two to the same answer)."""
+    meta = contract.meta
+    return (
+        old.status == ACTIVE and old.missing_since is None
+        and contract.status == old.contract_status and meta == old.meta
+        and (meta[_FIRST_OPEN_AT] is None or meta[_FIRST_OPEN_AT] == old.listed_at)
+        and (old.listed_at is not None and now_ms - old.listed_at < window_ms) == old.is_new
+    )
+
+
+class Change(NamedTuple):
+    """What one present contract does to the registry: the row to write (if any), its events, its counts."""
+
+    row: RegistryRow | None
+    events: list[Event]
+    counted: tuple[str, ...]
+
+
+def classify(
+    old: RegistryRow | None, contract: Contract, *, now_ms: int, window_ms: int, baseline: bool,
+) -> Change:
+    """The full classification of one contract present in the snapshot against its stored row (if any)."""
+    symbol, meta = contract.symbol, contract.meta
+    first_open = contract.first_open_date
+    if old is None:
+        # In a baseline we cannot know when a contract without firstOpenDate was listed.
+        listed_at = first_open if first_open is not None or baseline else now_ms
+        row = RegistryRow(symbol, ACTIVE, contract.status, is_new(listed_at, now_ms, window_ms), listed_at,
+                          now_ms, now_ms, None, meta)
+        if baseline:
+            return Change(row, [], ())
+        details = {"type": contract.contract_type, "status": contract.status,
+                   "baseCurrency": contract.base_currency, "quoteCurrency": contract.quote_currency,
+                   "firstOpenDate": first_open}
+        return Change(row, [Event(symbol, "listed", details)], ("listed",))
+
+    listed_at = first_open if first_open is not None else old.listed_at
+    new_flag = is_new(listed_at, now_ms, window_ms)
+    row = RegistryRow(symbol, ACTIVE, contract.status, new_flag, listed_at, old.first_seen, now_ms, None, meta)
+    if old.status == DELISTED:
+        details = {"delisted_at": old.delisted_at, "status": contract.status}
+        return Change(row, [Event(symbol, "relisted", details)], ("relisted",))
+
+    events: list[Event] = []
+    counted: list[str] = []
+    skip: frozenset[int] = frozenset()
+    if contract.contract_type == PERPETUAL and old.meta[_EXPIRE_AT] is None and meta[_EXPIRE_AT] is not None:
+        events.append(Event(symbol, "delisting_scheduled", {"expireDate": meta[_EXPIRE_AT]}))
+        counted.append("delisting_scheduled")
+        skip = _SCHEDULE_AT
+    if contract.status != old.contract_status:
+        events.append(Event(symbol, "status_changed", {"from": old.contract_status, "to": contract.status}))
+        counted.append("status_changed")
+    changed = bool(events) or meta != old.meta
+    if meta != old.meta:
+        diffs = _param_changes(old.meta, meta, skip)
+        if diffs:
+            events.append(Event(symbol, "params_changed", {"changes": diffs}))
+            counted.append("params_changed")
+    if not changed:
+        counted.append("unchanged")
+    refresh = new_flag != old.is_new or listed_at != old.listed_at or old.missing_since is not None
+    return Change(row if changed or refresh else None, events, tuple(counted))
+
+
 def _param_changes(old: tuple[Any, ...], new: tuple[Any, ...], skip: frozenset[int]) -> dict[str, list[Any]]:
     return {
         METADATA_KEYS[i]: [a, b]
@@ -104,23 +182,10 @@ def _param_changes(old: tuple[Any, ...], new: tuple[Any, ...], skip: frozenset[i
     }
 
 
-def is_suspect(present: int, missing: int, active_before: int, max_drop_pct: float) -> bool:
-    """A snapshot is suspect when it is empty or lacks more than max_drop_pct percent of the active tokens."""
-    if active_before == 0:
-        return False
-    return present == 0 or 100.0 * missing / active_before > max_drop_pct
-
-
-def missing_symbols(contracts: Mapping[str, Contract], registry: Registry) -> list[str]:
-    """Active symbols of the registry that the snapshot lacks, sorted."""
-    active = {s for s, row in registry.rows.items() if row.status == ACTIVE}
-    return sorted(active.difference(contracts))
-
-
 def build_plan(
     sync_id: str,
     contracts: Mapping[str, Contract],
-    registry: Registry,
+    registry: RegistryState,
     *,
     now_ms: int,
     window_ms: int,
@@ -137,100 +202,49 @@ def build_plan(
     """
     rows = registry.rows
     baseline = registry.empty
-    active_before = sum(1 for row in rows.values() if row.status == ACTIVE)
+    active_before = registry.active_count()
     missing = missing_symbols(contracts, registry)
-    plan = Plan(sync_id=sync_id, now_ms=now_ms, base_revision=registry.revision, status="ok",
-                seen_before=registry.last_fetched_at)
-    counts = dict.fromkeys(COUNT_KEYS, 0)
-    counts["fetched"] = fetched
-    counts["invalid"] = invalid
-
     suspect = is_suspect(len(contracts), len(missing), active_before, max_drop_pct)
-    drop_pct = 100.0 * len(missing) / active_before if active_before else 0.0
+    plan = Plan(sync_id=sync_id, now_ms=now_ms, base_revision=registry.revision, status=SyncStatus.OK,
+                seen_before=registry.last_fetched_at)
     if baseline:
-        plan.status = "baseline"
+        plan.status = SyncStatus.BASELINE
     elif suspect:
-        plan.status = "suspect"
+        plan.status = SyncStatus.SUSPECT
         plan.warning = (
             f"suspect snapshot: {len(missing)} of {active_before} active contracts missing "
-            f"({drop_pct:.0f}% > {max_drop_pct:g}%); nothing delisted"
+            f"({100.0 * len(missing) / active_before:.0f}% > {max_drop_pct:g}%); nothing delisted"
         )
-    keep = set(still_listed)
-    unchecked = set(unconfirmed)
+    counts = zero_counts()
+    counts["fetched"] = fetched
+    counts["invalid"] = invalid
     added = 0
-    events = plan.events
-    upserts = plan.upserts
-
     for symbol, contract in contracts.items():
         old = rows.get(symbol)
-        meta = contract.meta
-        # Nearly every contract is unchanged: active, same status and metadata, nothing to refresh. Exactly the
-        # conditions under which the full classification below writes nothing; checked first, without calls.
-        if (
-            old is not None and old.status == ACTIVE and old.missing_since is None
-            and contract.status == old.contract_status and meta == old.meta
-            and (meta[_FIRST_OPEN_AT] is None or meta[_FIRST_OPEN_AT] == old.listed_at)
-            and (old.listed_at is not None and now_ms - old.listed_at < window_ms) == old.is_new
-        ):
+        if old is not None and is_unchanged(old, contract, now_ms, window_ms):
             counts["unchanged"] += 1
             continue
-        first_open = contract.first_open_date
-        if old is None:
-            added += 1
-            first_seen = now_ms
-            # In a baseline we cannot know when a contract without firstOpenDate was listed.
-            listed_at = first_open if first_open is not None or baseline else now_ms
-            upserts.append(RegistryRow(
-                symbol, ACTIVE, contract.status, is_new(listed_at, now_ms, window_ms), listed_at,
-                first_seen, now_ms, None, meta,
-            ))
-            if not baseline:
-                counts["listed"] += 1
-                events.append(Event(symbol, "listed", {
-                    "type": contract.contract_type, "status": contract.status,
-                    "baseCurrency": contract.base_currency,
-                    "quoteCurrency": contract.quote_currency, "firstOpenDate": first_open,
-                }))
-            continue
+        change = classify(old, contract, now_ms=now_ms, window_ms=window_ms, baseline=baseline)
+        added += old is None
+        if change.row is not None:
+            plan.upserts.append(change.row)
+        plan.events.extend(change.events)
+        for key in change.counted:
+            counts[key] += 1
+    _absent(plan, counts, missing, rows, suspect=suspect, keep=set(still_listed), unchecked=set(unconfirmed))
+    counts["active"] = active_before + added + counts["relisted"] - counts["delisted"]
+    plan.counts = counts
+    return plan
 
-        listed_at = first_open if first_open is not None else old.listed_at
-        new_flag = is_new(listed_at, now_ms, window_ms)
-        if old.status == DELISTED:
-            counts["relisted"] += 1
-            events.append(Event(symbol, "relisted", {"delisted_at": old.delisted_at, "status": contract.status}))
-            upserts.append(RegistryRow(
-                symbol, ACTIVE, contract.status, new_flag, listed_at, old.first_seen, now_ms, None, meta,
-            ))
-            continue
 
-        changed = False
-        skip: frozenset[int] = frozenset()
-        if (
-            contract.contract_type == PERPETUAL and old.meta[_EXPIRE_AT] is None
-            and meta[_EXPIRE_AT] is not None
-        ):
-            counts["delisting_scheduled"] += 1
-            events.append(Event(symbol, "delisting_scheduled", {"expireDate": meta[_EXPIRE_AT]}))
-            skip = _SCHEDULE_AT
-            changed = True
-        if contract.status != old.contract_status:
-            counts["status_changed"] += 1
-            events.append(Event(symbol, "status_changed", {"from": old.contract_status, "to": contract.status}))
-            changed = True
-        if meta != old.meta:
-            diffs = _param_changes(old.meta, meta, skip)
-            if diffs:
-                counts["params_changed"] += 1
-                events.append(Event(symbol, "params_changed", {"changes": diffs}))
-            changed = True
-        if not changed:
-            counts["unchanged"] += 1
-        if changed or new_flag != old.is_new or listed_at != old.listed_at or old.missing_since is not None:
-            upserts.append(RegistryRow(
-                symbol, ACTIVE, contract.status, new_flag, listed_at, old.first_seen, now_ms, None, meta,
-            ))
-
-    if not suspect:
+def _absent(
+    plan: Plan, counts: dict[str, int], missing: list[str], rows: Mapping[str, RegistryRow], *, suspect: bool,
+    keep: set[str], unchecked: set[str],
+) -> None:
+    """Delist the missing symbols that may be delisted; keep the others, marking since when they are absent."""
+    if suspect:
+        plan.missing.extend(missing)
+    else:
         for symbol in missing:
             old = rows[symbol]
             if symbol in keep or (symbol in unchecked and old.missing_since is None):
@@ -238,12 +252,6 @@ def build_plan(
                 continue
             plan.delist.append(symbol)
             counts["delisted"] += 1
-            events.append(Event(symbol, "delisted", {"last_status": old.contract_status}))
-    else:
-        plan.missing.extend(missing)
+            plan.events.append(Event(symbol, "delisted", {"last_status": old.contract_status}))
     # Kept although absent: remember since when, which freezes their last_seen (see db/writer.py).
     plan.pending = [s for s in plan.missing if rows[s].missing_since is None]
-
-    counts["active"] = active_before + added + counts["relisted"] - counts["delisted"]
-    plan.counts = counts
-    return plan

@@ -1,4 +1,4 @@
-"""The registry's state as the diff sees it: one row per symbol ever seen, loaded once per sync."""
+"""The registry as the diff sees it: one row per symbol ever seen, and the head they were read at."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tokenwatch.domain.contracts import Meta
+from tokenwatch.domain.contracts import METADATA_COLUMNS, Meta
 
 ACTIVE = "active"
 DELISTED = "delisted"
@@ -16,6 +16,7 @@ STATE_COLUMNS: tuple[str, ...] = (
     "symbol", "status", "contract_status", "is_new", "listed_at", "first_seen", "last_seen", "delisted_at",
     "missing_since",
 )
+TOKEN_COLUMNS: tuple[str, ...] = STATE_COLUMNS + METADATA_COLUMNS
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,13 +65,33 @@ def _opt_int(value: object) -> int | None:
 
 
 @dataclass(frozen=True, slots=True)
-class Registry:
-    """All rows by symbol, tagged with the revision they were read at."""
+class RegistryHead:
+    """Which commit the registry is at: its revision, the sync that made it, and when that sync fetched."""
 
     revision: int
-    rows: dict[str, RegistryRow]
+    last_sync_id: str | None = None
     last_fetched_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryState:
+    """Every token row by symbol, and the head they were read at (or will be at, once a plan commits)."""
+
+    head: RegistryHead
+    rows: dict[str, RegistryRow]
+
+    @property
+    def revision(self) -> int:
+        return self.head.revision
+
+    @property
+    def last_fetched_at(self) -> int | None:
+        return self.head.last_fetched_at
 
     @property
     def empty(self) -> bool:
         return not self.rows
+
+    def active_count(self) -> int:
+        """How many rows are active."""
+        return sum(1 for row in self.rows.values() if row.status == ACTIVE)

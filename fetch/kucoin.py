@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
 import random
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +13,8 @@ import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
-from tokenwatch.errors import BadResponseError, FetchError, TransientFetchError
+from tokenwatch.clock import now_ms
+from tokenwatch.errors import BadResponseError, TransientFetchError
 
 log = logging.getLogger(__name__)
 
@@ -30,22 +29,14 @@ BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 8.0
 _CHUNK = 256 * 1024
 
-_sessions: dict[int, requests.Session] = {}
-
-
-def session() -> requests.Session:
-    """This process's pooled HTTP session (made after fork, never shared across processes)."""
-    pid = os.getpid()
-    current = _sessions.get(pid)
-    if current is None:
-        current = requests.Session()
-        current.headers["Accept"] = "application/json"
-        current.headers["User-Agent"] = "tokenwatch/0.1"
-        current.mount("http://", HTTPAdapter(pool_connections=2, pool_maxsize=4))
-        current.mount("https://", HTTPAdapter(pool_connections=2, pool_maxsize=4))
-        _sessions.clear()
-        _sessions[pid] = current
-    return current
+def make_session() -> requests.Session:
+    """A pooled HTTP session for the exchange; one per process (tokenwatch.process keeps it)."""
+    session = requests.Session()
+    session.headers["Accept"] = "application/json"
+    session.headers["User-Agent"] = "tokenwatch/0.1"
+    session.mount("http://", HTTPAdapter(pool_connections=2, pool_maxsize=4))
+    session.mount("https://", HTTPAdapter(pool_connections=2, pool_maxsize=4))
+    return session
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,15 +110,15 @@ def _plain_success_list(status: int, body: bytes) -> bool:
     )
 
 
-def get_json(url: str, *, timeout_s: float, max_bytes: int, decode: bool = True) -> Fetched:
+def get_json(session: requests.Session, url: str, *, timeout_s: float, max_bytes: int, decode: bool = True) -> Fetched:
     """One GET of a KuCoin endpoint: the envelope's data, or a FetchError that says why in one line.
 
     With decode=False a large, plainly successful list is returned undecoded (data None) for a later step.
     """
     started = time.perf_counter()
-    fetched_at_ms = int(time.time() * 1000)
+    fetched_at_ms = now_ms()
     try:
-        response = session().get(url, timeout=(min(timeout_s, 5.0), timeout_s), stream=True)
+        response = session.get(url, timeout=(min(timeout_s, 5.0), timeout_s), stream=True)
     except requests.exceptions.Timeout as exc:
         raise TransientFetchError(f"timeout after {timeout_s:g} s") from exc
     except requests.exceptions.ConnectionError as exc:
@@ -170,9 +161,11 @@ def backoff_delay(attempt: int, retry_after_s: float | None = None) -> float:
     return random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**attempt))
 
 
-def fetch_active(base_url: str, *, timeout_s: float, max_bytes: int, decode: bool = True) -> Fetched:
+def fetch_active(
+    session: requests.Session, base_url: str, *, timeout_s: float, max_bytes: int, decode: bool = True,
+) -> Fetched:
     """One call of the active-contracts endpoint; data is checked to be a list (when decoded)."""
-    fetched = get_json(base_url + ACTIVE_PATH, timeout_s=timeout_s, max_bytes=max_bytes, decode=decode)
+    fetched = get_json(session, base_url + ACTIVE_PATH, timeout_s=timeout_s, max_bytes=max_bytes, decode=decode)
     if fetched.data is None and not decode:
         return fetched
     if not isinstance(fetched.data, list):
@@ -180,26 +173,11 @@ def fetch_active(base_url: str, *, timeout_s: float, max_bytes: int, decode: boo
     return fetched
 
 
-def fetch_with_retries(
-    call: Callable[[], Fetched], *, retries: int, sleep: Callable[[float], None] = time.sleep,
-) -> Fetched:
-    """Run call, retrying transient failures with backoff; the last error is raised as is."""
-    for attempt in range(retries + 1):
-        try:
-            return call()
-        except TransientFetchError as exc:
-            if attempt == retries:
-                raise
-            delay = backoff_delay(attempt, exc.retry_after_s)
-            log.warning("fetch failed (%s), retry %d of %d in %.1f s", exc, attempt + 1, retries, delay)
-            sleep(delay)
-    raise FetchError("unreachable")
-
-
-def contract_status(base_url: str, symbol: str, *, timeout_s: float) -> str | None:
+def contract_status(session: requests.Session, base_url: str, symbol: str, *, timeout_s: float) -> str | None:
     """The contract's status from the single-contract endpoint; None when the exchange says it is gone."""
     try:
-        fetched = get_json(base_url + CONTRACT_PATH.format(symbol=symbol), timeout_s=timeout_s, max_bytes=1 << 20)
+        fetched = get_json(session, base_url + CONTRACT_PATH.format(symbol=symbol), timeout_s=timeout_s,
+                           max_bytes=1 << 20)
     except BadResponseError as exc:
         if exc.code in UNKNOWN_CONTRACT_CODES:
             return None

@@ -1,4 +1,4 @@
-"""Periodic upkeep and health tasks, thin wrappers over db.maintenance and tokenwatch.status.
+"""Periodic upkeep and health tasks, thin wrappers over db.maintenance and tokenwatch.health.
 
 The database writes (optimize, vacuum, prune) are routed to the ``db`` queue (tasks/names.py), so the single
 writer runs them between syncs; check_alerts only reads and goes to ``fetch``. Also here: the worker signal
@@ -8,28 +8,25 @@ hooks that let worker processes report their memory and keep Prometheus's multip
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 from celery.signals import worker_init, worker_process_shutdown
 from celery.utils.log import get_task_logger
 
-from tokenwatch import metrics, status
+from tokenwatch import health, metrics, process, worker_memory
+from tokenwatch.clock import DAY_MS, now_ms
 from tokenwatch.db import maintenance
-from tokenwatch.db.engine import get_engine, sqlite_path
+from tokenwatch.db.engine import sqlite_path
 from tokenwatch.settings import get_settings
 from tokenwatch.tasks.names import CHECK_ALERTS, DB_OPTIMIZE, DB_VACUUM, PRUNE_SYNC_RUNS
 from tokenwatch.workers.app import app
 
 log = get_task_logger(__name__)
 
-DAY_MS = 86_400_000
-
-
 @worker_init.connect
 def _report_memory_from_this_worker(sender: Any = None, **_kwargs: Any) -> None:
     # Before the pool forks: every pool process inherits the name and reports as <hostname>-<its pid>.
-    status.set_worker_name(str(getattr(sender, "hostname", None) or "worker"))
+    process.current().worker_name = str(getattr(sender, "hostname", None) or "worker")
 
 
 @worker_process_shutdown.connect
@@ -41,17 +38,18 @@ def _forget_pool_process(pid: int | None = None, **_kwargs: Any) -> None:
 def check_alerts() -> list[str]:
     """Evaluate the alerts and log those raised or cleared since the last evaluation; returns those standing."""
     settings = get_settings()
-    status.report_worker_rss(settings)
-    return [alert.name for alert in status.check(settings).alerts]
+    state = process.current()
+    worker_memory.report(settings, state)
+    return [alert.name for alert in health.check(settings, state).alerts]
 
 
 @app.task(name=DB_OPTIMIZE)
 def db_optimize() -> dict[str, Any]:
     """ANALYZE and PRAGMA optimize: fresh planner statistics."""
     settings = get_settings()
-    result = maintenance.optimize(get_engine(settings.database_url, writer=True))
+    result = maintenance.optimize(process.current().engine(settings.database_url, writer=True))
     log.info("database analysed in %.1f ms", result["ms"])
-    status.report_worker_rss(settings)
+    worker_memory.report(settings, process.current())
     return result
 
 
@@ -62,11 +60,11 @@ def db_vacuum() -> dict[str, Any]:
     path = sqlite_path(settings.database_url)
     if path is None:
         return {"vacuumed": False, "reason": "in-memory database"}
-    result = maintenance.vacuum(get_engine(settings.database_url, writer=True), path)
+    result = maintenance.vacuum(process.current().engine(settings.database_url, writer=True), path)
     log.info("database vacuum: %s free pages given back, %d -> %d bytes (wal %d -> %d) in %.1f ms",
              result["free_pages_before"] if result["vacuumed"] else "no", result["before"]["db"],
              result["after"]["db"], result["before"]["wal"], result["after"]["wal"], result["ms"])
-    status.report_worker_rss(settings)
+    worker_memory.report(settings, process.current())
     return result
 
 
@@ -74,8 +72,8 @@ def db_vacuum() -> dict[str, Any]:
 def prune_sync_runs() -> dict[str, Any]:
     """Delete sync_runs rows older than TOKENWATCH_RETENTION_DAYS; token_history is kept."""
     settings = get_settings()
-    cutoff = int(time.time() * 1000 - settings.retention_days * DAY_MS)
-    deleted = maintenance.prune_sync_runs(get_engine(settings.database_url, writer=True), cutoff)
+    cutoff = int(now_ms() - settings.retention_days * DAY_MS)
+    deleted = maintenance.prune_sync_runs(process.current().engine(settings.database_url, writer=True), cutoff)
     log.info("pruned %d sync_runs rows older than %g days", deleted, settings.retention_days)
-    status.report_worker_rss(settings)
+    worker_memory.report(settings, process.current())
     return {"deleted": deleted, "cutoff_ms": cutoff}

@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 import redis
 
+from tokenwatch import process
 from tokenwatch.embedded import EmbeddedRedis
+from tokenwatch.process import ProcessState
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_FIXTURES = ROOT.parent / "shared" / "fixtures"
@@ -31,6 +33,14 @@ def shared_fixtures(kind: str) -> Path:
     if not folder.is_dir():
         pytest.skip(f"{folder} is absent: the public captures live beside the repository only in CI")
     return folder
+
+
+@pytest.fixture(autouse=True)
+def process_state() -> Iterator[ProcessState]:
+    """This process's state (clients, engines, the in-process registry) starts fresh for each test and is
+    closed after it: no test sees another's."""
+    with process.use(ProcessState()) as state:
+        yield state
 
 
 @pytest.fixture(scope="session")
@@ -139,15 +149,15 @@ class Stack:
 
     def stop(self) -> None:
         """Stop every process this stack started."""
-        for process in self.processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes:
+        for child in self.processes:
+            if child.poll() is None:
+                child.terminate()
+        for child in self.processes:
             try:
-                process.wait(10)
+                child.wait(10)
             except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+                child.kill()
+                child.wait()
         self.processes.clear()
 
 

@@ -12,8 +12,12 @@ from typing import Any
 
 import redis
 
-from tokenwatch.errors import TokenwatchError
+from tokenwatch.clock import HOUR_MS, now_ms
+from tokenwatch.errors import TokenwatchError, one_line
+from tokenwatch.outcome import Outcome, SyncStatus
+from tokenwatch.process import current
 from tokenwatch.settings import Settings, get_settings
+from tokenwatch.syncstate import new_sync_id
 
 log = logging.getLogger("tokenwatch")
 
@@ -35,18 +39,6 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, default=str, sort_keys=False))
 
 
-def _redis_or_none(settings: Settings) -> redis.Redis | None:
-    from tokenwatch.cache.redis_client import get_redis  # noqa: PLC0415 - keep `tokenwatch --help` fast
-
-    client = get_redis(settings.effective_redis_url())
-    try:
-        client.ping()
-    except (redis.RedisError, OSError) as exc:
-        log.warning("Redis unreachable (%s): the hot cache will not be updated", type(exc).__name__)
-        return None
-    return client
-
-
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     from tokenwatch.runner import Runner  # noqa: PLC0415
 
@@ -54,12 +46,9 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
-    from tokenwatch import pipeline  # noqa: PLC0415
+    from tokenwatch import pipeline  # noqa: PLC0415 - keep `tokenwatch --help` fast
 
-    if args.inline:
-        outcome = pipeline.sync_inline(settings, _redis_or_none(settings))
-    else:
-        outcome = _sync_through_broker(settings, args.timeout)
+    outcome = pipeline.sync_inline(settings) if args.inline else _sync_through_broker(settings, args.timeout)
     if args.json:
         _print_json(outcome.to_json())
     else:
@@ -71,14 +60,13 @@ def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if outcome.status == "failed" else 0
 
 
-def _sync_through_broker(settings: Settings, timeout_s: float) -> Any:
+def _sync_through_broker(settings: Settings, timeout_s: float) -> Outcome:
     from celery.exceptions import TimeoutError as CeleryTimeout  # noqa: PLC0415
 
-    from tokenwatch import pipeline  # noqa: PLC0415
     from tokenwatch.cache.redis_client import to_redis_py_url  # noqa: PLC0415
     from tokenwatch.tasks.sync import sync_chain, wait_for_outcome  # noqa: PLC0415
 
-    sync_id = pipeline.new_sync_id()
+    sync_id = new_sync_id()
     # Celery's own client retries an unreachable broker for about 20 s whatever our timeout; ask first.
     probe = redis.Redis.from_url(to_redis_py_url(settings.effective_redis_url()), socket_timeout=2,
                                  socket_connect_timeout=2)
@@ -86,7 +74,7 @@ def _sync_through_broker(settings: Settings, timeout_s: float) -> Any:
         probe.ping()
     except (redis.RedisError, OSError) as exc:
         error = f"broker unreachable ({type(exc).__name__}): start tokenwatch run, or use --inline"
-        return pipeline.Outcome(sync_id, "failed", error=error)
+        return Outcome(sync_id, SyncStatus.FAILED, error=error)
     finally:
         probe.close()
     try:
@@ -94,22 +82,20 @@ def _sync_through_broker(settings: Settings, timeout_s: float) -> Any:
         payload = wait_for_outcome(result, timeout_s)
     except CeleryTimeout:
         error = f"no outcome within {timeout_s:g} s: is a worker running (tokenwatch run)?"
-        return pipeline.Outcome(sync_id, "failed", error=error, timings_ms={"total": float(timeout_s * 1000)})
+        return Outcome(sync_id, SyncStatus.FAILED, error=error, timings_ms={"total": float(timeout_s * 1000)})
     except (redis.RedisError, OSError) as exc:
         error = f"broker unreachable ({type(exc).__name__}): start tokenwatch run, or use --inline"
-        return pipeline.Outcome(sync_id, "failed", error=error)
+        return Outcome(sync_id, SyncStatus.FAILED, error=error)
     except Exception as exc:  # a task raised: its message is the operator's one line
-        return pipeline.Outcome(sync_id, "failed", error=pipeline.one_line(exc))
-    return pipeline.Outcome.from_json(payload)
+        return Outcome(sync_id, SyncStatus.FAILED, error=one_line(exc))
+    return Outcome.from_json(payload)
 
 
 def cmd_tokens(settings: Settings, args: argparse.Namespace) -> int:
-    from tokenwatch.db.engine import get_engine  # noqa: PLC0415
     from tokenwatch.db.queries import list_tokens  # noqa: PLC0415
-    from tokenwatch.pipeline import now_ms  # noqa: PLC0415
 
-    rows = list_tokens(get_engine(settings.database_url), args.status, now_ms=now_ms(),
-                       window_ms=int(settings.new_listing_window_h * 3_600_000))
+    rows = list_tokens(current().engine(settings.database_url), args.status, now_ms=now_ms(),
+                       window_ms=int(settings.new_listing_window_h * HOUR_MS))
     if args.json:
         _print_json(rows)
         return 0
@@ -123,10 +109,9 @@ def cmd_tokens(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
-    from tokenwatch.db.engine import get_engine  # noqa: PLC0415
     from tokenwatch.db.queries import history  # noqa: PLC0415
 
-    rows = history(get_engine(settings.database_url), args.symbol, args.limit)
+    rows = history(current().engine(settings.database_url), args.symbol, args.limit)
     if args.json:
         _print_json(rows)
         return 0
@@ -139,9 +124,8 @@ def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_events(settings: Settings, args: argparse.Namespace) -> int:
     from tokenwatch.cache import keys  # noqa: PLC0415
-    from tokenwatch.cache.redis_client import get_redis  # noqa: PLC0415
 
-    client = get_redis(settings.effective_redis_url())
+    client = current().redis(settings.effective_redis_url())
 
     def text(value: Any) -> str:
         return value.decode() if isinstance(value, bytes) else str(value)
@@ -176,11 +160,11 @@ def cmd_events(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from tokenwatch.status import run_status  # noqa: PLC0415
 
-    return run_status(settings, as_json=args.json)
+    return run_status(settings, current(), as_json=args.json)
 
 
 def cmd_db_check(settings: Settings, args: argparse.Namespace) -> int:
-    from tokenwatch.status import run_db_check  # noqa: PLC0415
+    from tokenwatch.db_check import run_db_check  # noqa: PLC0415
 
     return run_db_check(settings, as_json=args.json)
 

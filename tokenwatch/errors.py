@@ -51,3 +51,9 @@ class StaleSnapshotError(TokenwatchError):
 
 class WriteError(TokenwatchError):
     """The registry write failed; the transaction was rolled back."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one readable line: its message's first line, or its type's name."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -35,18 +35,19 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.multiprocess import mark_process_dead as _mark_process_dead
 from prometheus_client.registry import Collector
 
-from tokenwatch import alerts, status
-from tokenwatch.db.engine import get_engine, sqlite_path
-from tokenwatch.db.schema import PHASES
+from tokenwatch import alerts, health
+from tokenwatch.db.engine import sqlite_path
 from tokenwatch.domain.diff import EVENT_TYPES
+from tokenwatch.outcome import PHASES, SyncStatus
+from tokenwatch.process import ProcessState
 from tokenwatch.settings import Settings
+from tokenwatch.worker_memory import worker_rss
 
 log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 ADDRESS = "127.0.0.1"
 LAYERS = ("snapshot", "redis", "database")  # the read API's cache layers (tokenwatch.reader)
-OUTCOMES = ("ok", "baseline", "suspect", "skipped", "failed")
 
 SYNCS = Counter("tokenwatch_syncs", "Syncs finished, by outcome", ["outcome"])
 PHASE_SECONDS = Histogram(
@@ -60,18 +61,17 @@ _cache_children = {
 }
 
 
-def record_sync(settings: Settings, outcome: str, timings_ms: Mapping[str, float]) -> None:
-    """Count one finished sync and its phase times; in a worker, also report its memory. Never raises."""
+def record_sync(outcome: SyncStatus, timings_ms: Mapping[str, float]) -> None:
+    """Count one finished sync and its phase times. Never raises."""
     try:
-        SYNCS.labels(outcome).inc()
-        if outcome != "skipped":
+        SYNCS.labels(outcome.value).inc()
+        if outcome is not SyncStatus.SKIPPED:
             for phase in PHASES:
                 value = timings_ms.get(phase)
                 if value is not None:
                     PHASE_SECONDS.labels(phase).observe(value / 1000.0)
     except Exception as exc:  # metrics must never fail a sync
         log.warning("could not record sync metrics: %s", exc)
-    status.report_worker_rss(settings)
 
 
 def record_cache_access(layer: str, hit: bool) -> None:
@@ -101,8 +101,9 @@ def prepare_multiproc_dir(data_dir: str) -> str:
 class RegistryCollector(Collector):
     """Reads the registry's state from SQLite and Redis at each scrape (see the module docstring)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, process: ProcessState) -> None:
         self.settings = settings
+        self.process = process
         self._lock = threading.Lock()
         self._events = dict.fromkeys(EVENT_TYPES, 0)
         self._events_after = 0  # highest token_history id already counted
@@ -119,11 +120,11 @@ class RegistryCollector(Collector):
             yield up
             return
         try:
-            with get_engine(self.settings.database_url).connect() as conn:
-                counts = status.token_counts(conn)
-                good = status.last_good(conn)
+            with self.process.engine(self.settings.database_url).connect() as conn:
+                counts = health.token_counts(conn)
+                good = health.last_good(conn)
                 with self._lock:
-                    self._events_after, new = status.events_since(conn, self._events_after)
+                    self._events_after, new = health.events_since(conn, self._events_after)
                     for kind, count in new.items():
                         self._events[kind] = self._events.get(kind, 0) + count
                     events = dict(self._events)
@@ -153,11 +154,11 @@ class RegistryCollector(Collector):
 
     def _redis(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("tokenwatch_redis_up", "1 when Redis answered this scrape")
-        client, _error = status.connect_redis(self.settings)
+        client, _error = health.connect_redis(self.settings, self.process)
         try:
             if client is None:
                 raise ConnectionError("unreachable")
-            queues, workers = status.queue_lengths(client), status.worker_rss(client)
+            queues, workers = health.queue_lengths(self.settings), worker_rss(client)
             standing = alerts.standing(client)
         except Exception:  # a scrape reports the failure, it does not fail
             up.add_metric([], 0)
@@ -181,22 +182,22 @@ class RegistryCollector(Collector):
         yield alert
 
 
-def build_registry(settings: Settings, multiproc_dir: str | None) -> CollectorRegistry:
+def build_registry(settings: Settings, process: ProcessState, multiproc_dir: str | None) -> CollectorRegistry:
     """The endpoint's registry: the worker's multiprocess files (if any) plus the registry's own state."""
     registry = CollectorRegistry(auto_describe=False)
     if multiproc_dir:
         MultiProcessCollector(registry, path=multiproc_dir)  # type: ignore[no-untyped-call]
-    registry.register(RegistryCollector(settings))
+    registry.register(RegistryCollector(settings, process))
     return registry
 
 
-def serve(settings: Settings, multiproc_dir: str | None) -> WSGIServer | None:
+def serve(settings: Settings, process: ProcessState, multiproc_dir: str | None) -> WSGIServer | None:
     """Serve /metrics on 127.0.0.1:TOKENWATCH_METRICS_PORT in a thread; None when off or the port is taken."""
     if settings.metrics_port == 0:
         return None
     try:
         server, _thread = start_http_server(settings.metrics_port, addr=ADDRESS,
-                                            registry=build_registry(settings, multiproc_dir))
+                                            registry=build_registry(settings, process, multiproc_dir))
     except OSError as exc:
         log.warning("metrics endpoint not started on %s:%d: %s", ADDRESS, settings.metrics_port, exc)
         return None

@@ -22,9 +22,9 @@ Where a read is served from, in order:
    not one per read. ``new_listings`` and ``recent_events`` always read the database.
 
 Every read counts a hit at the layer that served it and a miss at each layer it passed; :meth:`Registry.stats`
-returns the counts, and ``tokenwatch.metrics.record_cache_access(layer, hit)`` is called for each when that
-module exists. A symbol found nowhere is a miss, and ``get`` returns None; when neither Redis nor the database
-can answer, reads raise :class:`RegistryUnavailableError`.
+returns the counts, and ``on_access(layer, hit)`` is called for each when given (pass
+``tokenwatch.metrics.record_cache_access`` to count them in Prometheus). A symbol found nowhere is a miss,
+and ``get`` returns None; when neither Redis nor the database can answer, reads raise :class:`RegistryUnavailableError`.
 
 Contracts returned by ``get`` are copies; ``active()`` returns a new dictionary whose contract dictionaries
 are shared with the snapshot: treat them as read-only. Create the Registry in the process that uses it (after
@@ -33,7 +33,6 @@ a fork, not before); it may be shared by that process's threads.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import sqlite3
@@ -50,6 +49,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tokenwatch.cache import hot, keys
 from tokenwatch.cache.redis_client import to_redis_py_url
+from tokenwatch.clock import HOUR_MS, now_ms
 from tokenwatch.db.engine import BUSY_TIMEOUT_MS, sqlite_path
 from tokenwatch.db.queries import history, list_tokens
 from tokenwatch.db.schema import tokens
@@ -87,16 +87,6 @@ def contract_from_row(row: Mapping[Any, Any]) -> Contract:
     return contract
 
 
-def _metrics_hook() -> Hook | None:
-    """tokenwatch.metrics.record_cache_access if that module exists (it is optional), else None."""
-    try:
-        module = importlib.import_module("tokenwatch.metrics")
-    except ImportError:
-        return None
-    hook = getattr(module, "record_cache_access", None)
-    return hook if callable(hook) else None
-
-
 def _read_only_engine(database_url: str) -> Engine:
     """An engine that opens the SQLite file read-only: a reader never creates or writes the registry."""
     path = sqlite_path(database_url)
@@ -126,6 +116,7 @@ class Registry:
     refresh_interval_s bounds how often the cache version is checked (and so how stale the snapshot can be);
     0 checks on every read. redis_retry_s is how long Redis is left alone after it failed. redis_timeout_s
     bounds each Redis call. redis_client replaces the client made from redis_url (tests pass fakeredis).
+    on_access(layer, hit) is called for every layer a read passes (tokenwatch.metrics.record_cache_access).
     """
 
     def __init__(
@@ -138,6 +129,7 @@ class Registry:
         redis_timeout_s: float = 1.0,
         new_listing_window_h: float | None = None,
         redis_client: redis.Redis | None = None,
+        on_access: Hook | None = None,
     ) -> None:
         if refresh_interval_s < 0 or redis_retry_s < 0 or redis_timeout_s <= 0:
             raise ValueError("refresh_interval_s and redis_retry_s must be >= 0, redis_timeout_s > 0")
@@ -151,7 +143,7 @@ class Registry:
         self.redis_url = redis_url
         self.refresh_interval_s = refresh_interval_s
         self.redis_retry_s = redis_retry_s
-        self._window_ms = int(new_listing_window_h * 3_600_000)
+        self._window_ms = int(new_listing_window_h * HOUR_MS)
         self._own_client = redis_client is None
         if redis_client is None:
             assert redis_url is not None  # resolved from the settings above
@@ -168,7 +160,7 @@ class Registry:
         self._engine_lock = threading.Lock()
         self._hits = dict.fromkeys(LAYERS, 0)
         self._misses = dict.fromkeys(LAYERS, 0)
-        self._hook = _metrics_hook()
+        self._hook = on_access
 
     # ---- public reads ------------------------------------------------------------------------------------
 
@@ -206,7 +198,7 @@ class Registry:
             return dict(self._cache.all())
         self._count(SNAPSHOT, False)
         self._count(REDIS, False)
-        rows = self._database(lambda engine: list_tokens(engine, ACTIVE, now_ms=_now_ms(), window_ms=self._window_ms))
+        rows = self._database(lambda engine: list_tokens(engine, ACTIVE, now_ms=now_ms(), window_ms=self._window_ms))
         return {row["symbol"]: contract_from_row(row) for row in rows}
 
     def new_listings(self) -> list[dict[str, Any]]:
@@ -216,7 +208,7 @@ class Registry:
         the live contract with market data from the snapshot, or the row in KuCoin's shape when the cache
         cannot be used.
         """
-        rows = self._database(lambda engine: list_tokens(engine, "new", now_ms=_now_ms(), window_ms=self._window_ms))
+        rows = self._database(lambda engine: list_tokens(engine, "new", now_ms=now_ms(), window_ms=self._window_ms))
         live = self._cache.all() if self._check_version() else {}
         for row in rows:
             cached = live.get(row["symbol"])
@@ -323,10 +315,7 @@ class Registry:
         if hook is not None:
             try:
                 hook(layer, hit)
-            except Exception as exc:  # metrics must never break a read: report once, then stop calling it
+            except Exception as exc:  # a hook must never break a read: report once, then stop calling it
                 self._hook = None
-                log.warning("tokenwatch.metrics.record_cache_access failed (%s); not called again", exc)
+                log.warning("the on_access hook failed (%s); not called again", exc)
 
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

@@ -11,7 +11,7 @@ import time
 from types import FrameType
 from wsgiref.simple_server import WSGIServer
 
-from tokenwatch import metrics
+from tokenwatch import metrics, process
 from tokenwatch.embedded import EmbeddedRedis
 from tokenwatch.errors import ConfigError
 from tokenwatch.settings import ENV_PREFIX, Settings, redact_url
@@ -82,7 +82,7 @@ class Runner:
                 # Own process group: a Ctrl-C reaches them through us, in order, not all at once.
                 self.children[name] = subprocess.Popen(argv, env=worker_env if name == "worker" else env,
                                                        start_new_session=True)
-            self.metrics_server = metrics.serve(self.settings, multiproc_dir)
+            self.metrics_server = metrics.serve(self.settings, process.current(), multiproc_dir)
             log.info("worker, beat and Flower started; Flower on http://%s:%d",
                      self.settings.flower_address, self.settings.flower_port)
             self._kick_first_sync(env)

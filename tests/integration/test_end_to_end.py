@@ -115,7 +115,7 @@ def test_a_step_that_crashes_inside_the_chain_is_reported_to_the_caller(stack: S
     answer = stack.celery_script(
         "from celery import chain\n"
         "from tokenwatch.tasks.sync import diff_and_build, wait_for_outcome, write_batch\n"
-        # A message the step cannot handle (no snapshot key): an error no step catches, as a bug would raise.
+        # A message the task cannot even read as a sync's state: an error no step catches, as a bug would raise.
         "broken = {'status': 'running', 'sync_id': 'crash-test'}\n"
         "steps = chain(diff_and_build.s(broken).set(ignore_result=True), write_batch.s())\n"
         "try:\n"
@@ -126,7 +126,7 @@ def test_a_step_that_crashes_inside_the_chain_is_reported_to_the_caller(stack: S
         "print(json.dumps({'error': error}))\n"
     )
     # Not a TimeoutError after 30 s: the stored failure of the step reaches the caller (as tokenwatch sync waits).
-    assert answer["error"] == "KeyError: 'snapshot_key'"
+    assert answer["error"] == "KeyError: 'started_at'"
 
 
 def test_cli_history_and_tokens_read_the_registry(stack: Stack, sim: Simulator) -> None:

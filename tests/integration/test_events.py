@@ -6,18 +6,21 @@ import json
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from tests.conftest import Stack
-from tokenwatch import pipeline
-from tokenwatch.cache import keys
-from tokenwatch.cache.events import publish_pending
-from tokenwatch.db.engine import dispose_engines, get_engine
+from tests.steps_support import run_steps, step_context
+from tokenwatch import pipeline, steps
+from tokenwatch.cache import keys, lock
+from tokenwatch.db.writer import apply_plan
 from tokenwatch.embedded import EmbeddedRedis
+from tokenwatch.outbox import publish_pending
 from tokenwatch.settings import Settings
 from tokenwatch.simulator import Simulator
+from tokenwatch.syncstate import SyncState
 
 pytestmark = pytest.mark.integration
 
@@ -59,15 +62,17 @@ def test_exactly_once_after_a_crash_between_commit_and_publish(
 ) -> None:
     with Simulator(port=0, contracts=60, seed=9) as sim:
         settings = _settings(tmp_path, sim, redis_server)
-        assert pipeline.sync_inline(settings, redis_client).status == "baseline"
+        assert pipeline.sync_inline(settings).status == "baseline"
         sim.list_new(3)
-        # The write commits, then the process "dies" before the cache swap and the publish.
-        snapshot = pipeline.fetch_snapshot(settings, pipeline.new_sync_id(), pipeline.now_ms())
-        built = pipeline.build(settings, snapshot, redis_client)
-        pipeline.write(settings, built.plan, snapshot.started_at, built.timings)
+        # The write commits, then the process "dies" before the cache swap and the publish (its lock lapses).
+        ctx = step_context(settings, redis_client)
+        state = run_steps(ctx, SyncState.new(), steps.fetch, steps.diff)
+        engine = ctx.engine(writer=True)
+        apply_plan(engine, ctx.handoff.take_plan(state.sync_id), batch_size=100, started_at=state.started_at,
+                   timings={})
+        lock.release(redis_client, state.sync_id)
         assert _stream(redis_client) == []
 
-        engine = get_engine(settings.database_url, writer=True)
         assert publish_pending(engine, redis_client) == 3  # the redelivered or next write publishes them
         assert publish_pending(engine, redis_client) == 0  # and a second publisher adds nothing
         assert len(_stream(redis_client)) == 3
@@ -76,36 +81,33 @@ def test_exactly_once_after_a_crash_between_commit_and_publish(
         redis_client.delete(keys.EVENTS)
         assert publish_pending(engine, redis_client) == 0
         sim.list_new(1)
-        assert pipeline.sync_inline(settings, redis_client).counts["listed"] == 1
+        assert pipeline.sync_inline(settings).counts["listed"] == 1
         assert [f["event_type"] for _, f in _stream(redis_client)] == ["listed"]
-    dispose_engines()
 
 
 def test_commit_to_consumer_delay(tmp_path: Path, redis_server: EmbeddedRedis, redis_client: redis.Redis) -> None:
-    received: list[float] = []
+    received: list[tuple[float, list[Any]]] = []
     consumer = redis.Redis(unix_socket_path=redis_server.socket_path)
 
     def consume() -> None:
         answer = consumer.xread({keys.EVENTS: "$"}, block=10_000, count=100)
-        received.append(time.perf_counter())
-        assert answer
+        received.append((time.perf_counter(), answer))
 
     with Simulator(port=0, contracts=60, seed=11) as sim:
         settings = _settings(tmp_path, sim, redis_server)
-        assert pipeline.sync_inline(settings, redis_client).status == "baseline"
-        sim.list_new(1)
-        snapshot = pipeline.fetch_snapshot(settings, pipeline.new_sync_id(), pipeline.now_ms())
-        built = pipeline.build(settings, snapshot, redis_client)
+        assert pipeline.sync_inline(settings).status == "baseline"
+        listed = sim.list_new(1)
+        ctx = step_context(settings, redis_client)
+        state = run_steps(ctx, SyncState.new(), steps.fetch, steps.diff)
         thread = threading.Thread(target=consume)
         thread.start()
         time.sleep(0.2)  # the consumer is blocked in XREAD before the commit
-        pipeline.write(settings, built.plan, snapshot.started_at, built.timings)
-        committed = time.perf_counter()
-        pipeline.publish_events(settings, redis_client)
+        started = time.perf_counter()
+        assert run_steps(ctx, state, steps.write).status == "ok"  # commit, cache swap, publish
         thread.join(15)
-    assert received, "the consumer never received the event"
-    delay_ms = (received[0] - committed) * 1000
-    print(f"\ncommit-to-consumer delay: {delay_ms:.2f} ms")
-    assert delay_ms >= 0
     consumer.close()
-    dispose_engines()
+    assert received, "the consumer never received the event"
+    at, answer = received[0]
+    ((_stream_key, entries),) = answer
+    assert [fields[b"symbol"].decode() for _id, fields in entries] == listed
+    print(f"\nwrite step start to consumer: {(at - started) * 1000:.2f} ms")

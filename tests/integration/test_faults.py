@@ -26,16 +26,17 @@ import requests
 
 from tests.conftest import ROOT, Stack
 from tests.invariants import check_invariants
-from tokenwatch import pipeline
+from tests.steps_support import run_steps, step_context
+from tokenwatch import pipeline, steps
 from tokenwatch.cache import keys, lock
-from tokenwatch.db.engine import dispose_engines, get_engine
-from tokenwatch.db.writer import apply_plan
+from tokenwatch.clock import now_ms
 from tokenwatch.domain.diff import Plan
 from tokenwatch.embedded import EmbeddedRedis
-from tokenwatch.errors import StaleSnapshotError
+from tokenwatch.outcome import Outcome
 from tokenwatch.settings import Settings
 from tokenwatch.simulator import Simulator
 from tokenwatch.simulator import server as sim_server
+from tokenwatch.syncstate import SyncState, new_sync_id
 
 pytestmark = pytest.mark.integration
 
@@ -57,14 +58,11 @@ def sim() -> Iterator[Simulator]:
 
 
 @pytest.fixture(autouse=True)
-def _clean_process_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """In-process pipeline calls read only the settings we pass, and start without another test's state."""
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process pipeline calls read only the settings we pass (each test's process state is fresh: conftest)."""
     for name in list(os.environ):
         if name.startswith("TOKENWATCH_"):
             monkeypatch.delenv(name)
-    monkeypatch.setattr(pipeline, "_registry_snapshot", None)
-    yield
-    dispose_engines()
 
 
 @pytest.fixture(autouse=True)
@@ -92,9 +90,9 @@ def settings_of(stack: Stack) -> Settings:
     return Settings(**values)
 
 
-def inline_sync(stack: Stack) -> pipeline.Outcome:
+def inline_sync(stack: Stack) -> Outcome:
     """One whole sync in this process (setup, not the fault under test)."""
-    return pipeline.sync_inline(settings_of(stack), stack.redis)
+    return pipeline.sync_inline(settings_of(stack))
 
 
 def baseline(stack: Stack, sim: Simulator) -> None:
@@ -366,23 +364,21 @@ def test_replayed_write_of_the_same_plan_applies_once(stack: Stack, sim: Simulat
     gone = perpetuals(sim, 1)[0]
     listed = sim.list_new(2)
     sim.delist([gone])
-    sync_id, started_at = pipeline.new_sync_id(), pipeline.now_ms()
-    built = pipeline.build(settings, pipeline.fetch_snapshot(settings, sync_id, started_at), stack.redis)
-    staged_json = built.plan.to_json()  # what the diff step stages in Redis for the write step
-    size = pipeline.stage_cache(settings, stack.redis, built)
-    engine = get_engine(settings.database_url, writer=True)
+    ctx = step_context(settings, stack.redis)
+    state = run_steps(ctx, SyncState.new(), steps.fetch, steps.diff)
+    sync_id = state.sync_id
+    staged_json = ctx.handoff.take_plan(sync_id).to_json()  # what the diff step stages for the write step
+    ctx.handoff.put_plan(sync_id, Plan.from_json(staged_json))
+    message = state.to_json()  # the write message, delivered twice
 
-    first = apply_plan(engine, Plan.from_json(staged_json), batch_size=settings.batch_size, started_at=started_at,
-                       timings={})
-    published = pipeline.publish_cache(stack.redis, sync_id, first.revision, size)
+    first = steps.run_step(steps.write, ctx, SyncState.from_json(message))
     after_first, cache_first = dump(stack), cache(stack)
-    second = apply_plan(engine, Plan.from_json(staged_json), batch_size=settings.batch_size, started_at=started_at,
-                        timings={})
-    republished = pipeline.publish_cache(stack.redis, sync_id, second.revision, size)
+    ctx.handoff.put_plan(sync_id, Plan.from_json(staged_json))  # the plan still staged for the second copy
+    second = steps.run_step(steps.write, ctx, SyncState.from_json(message))
 
-    assert (first.revision, first.duplicate) == (2, False)
-    assert (second.revision, second.duplicate, second.upserted) == (2, True, 0)
-    assert (published, republished) == (True, False)
+    assert (first.status, first.revision, first.replayed) == ("ok", 2, False)
+    assert (second.status, second.revision, second.replayed) == ("ok", 2, True)
+    assert second.outcome().counts == first.outcome().counts
     assert dump(stack) == after_first  # the replay changed no row of any table
     assert cache(stack) == cache_first
     assert cache_first[0] == 2
@@ -396,13 +392,14 @@ def test_write_message_delivered_twice_through_the_worker_applies_once(stack: St
     baseline(stack, sim)
     stack.start_worker()
     listed = sim.list_new(2)
-    sync_id = pipeline.new_sync_id()
-    # The chain's steps by hand; the write message is delivered twice with the same meta, as a lost ack does.
+    sync_id = new_sync_id()
+    # The chain's steps by hand; the write message is delivered twice with the same state, as a lost ack does.
     outcomes = stack.celery_script(
-        f"meta = app.send_task(FETCH, args=[{sync_id!r}]).get(timeout=30)\n"
-        "meta = app.send_task(DIFF, args=[meta]).get(timeout=30)\n"
-        "first = app.send_task(WRITE, args=[meta]).get(timeout=30)\n"
-        "second = app.send_task(WRITE, args=[meta]).get(timeout=30)\n"
+        "from tokenwatch.syncstate import SyncState\n"
+        f"state = app.send_task(FETCH, args=[SyncState.new({sync_id!r}).to_json()]).get(timeout=30)\n"
+        "state = app.send_task(DIFF, args=[state]).get(timeout=30)\n"
+        "first = app.send_task(WRITE, args=[state]).get(timeout=30)\n"
+        "second = app.send_task(WRITE, args=[state]).get(timeout=30)\n"
         "print(json.dumps([first, second]))\n"
     )
 
@@ -424,39 +421,33 @@ def test_older_snapshot_after_a_newer_one_is_skipped(stack: Stack, sim: Simulato
     baseline(stack, sim)
     settings = settings_of(stack)
     gone = perpetuals(sim, 1)[0]
-    old_id, old_started = pipeline.new_sync_id(), pipeline.now_ms()
-    older = pipeline.fetch_snapshot(settings, old_id, old_started)
-    wait_until(lambda: pipeline.now_ms() > older.fetched_at_ms, what="the clock to move")
+    # Two slow syncs fetch the exchange as it was, without the lock (as a sync on another host might) ...
+    slow = step_context(settings, None)
+    older = [run_steps(slow, SyncState.new(), steps.fetch) for _ in range(2)]
+    wait_until(lambda: now_ms() > max(s.fetched_at_ms or 0 for s in older), what="the clock to move")
+    old_plan = run_steps(slow, older[0], steps.diff)  # one builds its plan on revision 1 at once
     listed = sim.list_new(1)
     sim.delist([gone])
-    new_id, new_started = pipeline.new_sync_id(), pipeline.now_ms()
-    newer = pipeline.fetch_snapshot(settings, new_id, new_started)
-    # Both plans are built on revision 1, as two overlapping syncs would; the newer one commits first.
-    old_plan = pipeline.build(settings, older, stack.redis).plan
-    built = pipeline.build(settings, newer, stack.redis)
-    result = pipeline.write(settings, built.plan, new_started, {})
-    pipeline.publish_cache(stack.redis, new_id, result.revision, pipeline.stage_cache(settings, stack.redis, built))
-    pipeline.finish(settings, built.plan, result, new_started, {}, None)
+    # ... while a newer one runs whole and commits first.
+    newer = pipeline.run_inline(step_context(settings, stack.redis))
     before, cache_before = dump(stack, REGISTRY), cache(stack)
 
-    # The older snapshot is refused by the diff step (fetched_at) and its plan by the writer (revision).
-    with pytest.raises(StaleSnapshotError) as at_diff:
-        pipeline.build(settings, older, stack.redis)
-    with pytest.raises(StaleSnapshotError) as at_write:
-        pipeline.write(settings, old_plan, old_started, {})
-    skipped = pipeline.fail(settings, old_id, old_started, "skipped", pipeline.one_line(at_diff.value))
+    # The older answer is refused by the diff step (fetched_at) and the older plan by the writer (revision).
+    at_diff = run_steps(slow, older[1], steps.diff)
+    at_write = run_steps(slow, old_plan, steps.write)
 
-    assert str(at_diff.value) == (
-        f"snapshot fetched at {older.fetched_at_ms} is not newer than the applied one ({newer.fetched_at_ms})")
-    assert str(at_write.value) == "plan built on revision 1, registry is at 2"
-    assert skipped.status == "skipped"
+    assert (newer.status, newer.revision) == ("ok", 2)
+    assert (at_diff.status, at_diff.error) == ("skipped", (
+        f"snapshot fetched at {older[1].fetched_at_ms} is not newer than the applied one ({newer.fetched_at_ms})"))
+    assert (at_write.status, at_write.error) == ("skipped", "plan built on revision 1, registry is at 2")
     assert dump(stack, REGISTRY) == before
     assert cache(stack) == cache_before
     assert (revision(stack), last_fetched_at(stack)) == (2, newer.fetched_at_ms)
     assert rows(stack)[gone]["status"] == "delisted"
     assert rows(stack)[listed[0]]["status"] == "active"
-    assert run_row(stack, old_id) == ("skipped", str(at_diff.value), None)
-    assert run_row(stack, new_id) == ("ok", None, 2)
+    assert run_row(stack, older[1].sync_id) == ("skipped", at_diff.error, None)
+    assert run_row(stack, old_plan.sync_id) == ("skipped", at_write.error, None)
+    assert run_row(stack, newer.sync_id) == ("ok", None, 2)
 
 
 # ---- 6. fetch faults through the worker ------------------------------------------------------------------------
@@ -922,7 +913,8 @@ def test_redis_password_never_appears_in_sync_output(stack: Stack, sim: Simulato
     assert elapsed < 8.0, f"an unreachable broker took {elapsed:.1f} s to report with --timeout 3"
     outcome = json.loads(inline.stdout)
     assert (inline.returncode, outcome["status"], outcome["counts"]["active"]) == (0, "baseline", CONTRACTS)
-    assert "Redis unreachable (ConnectionError): the hot cache will not be updated" in inline.stderr
+    assert re.search(r"Redis unreachable \(.*Connection refused.*\): syncing without the sync lock and without the "
+                     r"hot cache", inline.stderr), inline.stderr
     assert config.returncode == 0, config.stderr
     assert "broker_url = 'redis://***@127.0.0.1:1/0'" in config.stdout
 

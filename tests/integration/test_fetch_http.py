@@ -12,10 +12,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
+from tests.steps_support import step_context
+from tokenwatch import steps
 from tokenwatch.errors import BadResponseError, FetchError, TransientFetchError
 from tokenwatch.fetch import kucoin
+from tokenwatch.fetch.kucoin import make_session
+from tokenwatch.settings import Settings
+from tokenwatch.steps import StepContext
+from tokenwatch.syncstate import SyncState
 
 pytestmark = pytest.mark.integration
 
@@ -147,7 +154,7 @@ CONTRACTS = [{"symbol": "XBTUSDTM", "status": "Open"}, {"symbol": "ETHUSDTM", "s
 
 
 def fetch(server: LocalServer, *, timeout_s: float = TIMEOUT_S, max_bytes: int = MAX_BYTES) -> kucoin.Fetched:
-    return kucoin.fetch_active(server.base_url, timeout_s=timeout_s, max_bytes=max_bytes)
+    return kucoin.fetch_active(make_session(), server.base_url, timeout_s=timeout_s, max_bytes=max_bytes)
 
 
 def fetch_error(server: LocalServer, kind: type[FetchError], **kwargs: Any) -> FetchError:
@@ -294,43 +301,58 @@ def test_connection_refused_is_transient() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with pytest.raises(TransientFetchError, match="connection failed"):
-        kucoin.fetch_active(f"http://127.0.0.1:{port}", timeout_s=TIMEOUT_S, max_bytes=MAX_BYTES)
+        kucoin.fetch_active(make_session(), f"http://127.0.0.1:{port}", timeout_s=TIMEOUT_S, max_bytes=MAX_BYTES)
 
 
 # ---- retries -----------------------------------------------------------------------------------------------
 
-def test_fetch_with_retries_retries_transient_errors_then_succeeds(server: LocalServer) -> None:
+def fetch_step(server: LocalServer, retries: int) -> tuple[SyncState, list[float], StepContext]:
+    """The sync's fetch step against the server, retried as the chain would, without waiting: (its state, the
+    delays it asked for, its context)."""
+    settings = Settings(kucoin_url=server.base_url, http_retries=retries, http_timeout_s=TIMEOUT_S,
+                        max_response_bytes=MAX_BYTES)
+    ctx = step_context(settings, None)
+    state, delays = SyncState.new(), []
+    while True:
+        try:
+            return steps.run_step(steps.fetch, ctx, state), delays, ctx
+        except steps.RetryLater as wait:
+            delays.append(wait.delay_s)
+            state = wait.state
+
+
+def test_the_fetch_step_retries_transient_errors_then_succeeds(server: LocalServer) -> None:
     server.route(
         ACTIVE,
         reply(500, b"oops"),
         error_code("429000", "Too Many Requests", 429, {"gw-ratelimit-reset": "1500"}),
         envelope(CONTRACTS),
     )
-    sleeps: list[float] = []
-    fetched = kucoin.fetch_with_retries(lambda: fetch(server), retries=3, sleep=sleeps.append)
-    assert fetched.data == CONTRACTS
+    state, delays, ctx = fetch_step(server, retries=3)
+    assert (state.done, state.attempts) == (False, 3)  # running: the answer waits for the diff step
+    assert orjson.loads(ctx.handoff.take_answer(state.sync_id))["data"] == CONTRACTS
     assert server.hits[ACTIVE] == 3
-    assert len(sleeps) == 2
-    assert 0 <= sleeps[0] <= kucoin.BACKOFF_BASE_S
-    assert 1.5 <= sleeps[1] <= 1.6  # the gateway's reset hint wins over the exponential backoff
+    assert len(delays) == 2
+    assert 0 <= delays[0] <= kucoin.BACKOFF_BASE_S
+    assert 1.5 <= delays[1] <= 1.6  # the gateway's reset hint wins over the exponential backoff
+    assert state.timings["api"] >= 1500  # waiting to retry is counted as the exchange's time
 
 
-def test_fetch_with_retries_gives_up_after_retries(server: LocalServer) -> None:
+def test_the_fetch_step_gives_up_after_its_retries(server: LocalServer) -> None:
     server.route(ACTIVE, reply(503, b"maintenance"))
-    sleeps: list[float] = []
-    with pytest.raises(TransientFetchError, match="HTTP 503"):
-        kucoin.fetch_with_retries(lambda: fetch(server), retries=2, sleep=sleeps.append)
+    state, delays, _ = fetch_step(server, retries=2)
+    assert (state.status, state.error) == ("failed", "fetch failed after 2 retries: HTTP 503")
     assert server.hits[ACTIVE] == 3
-    assert len(sleeps) == 2
+    assert len(delays) == 2
 
 
-def test_fetch_with_retries_does_not_retry_a_bad_response(server: LocalServer) -> None:
+def test_the_fetch_step_does_not_retry_a_bad_response(server: LocalServer) -> None:
     server.route(ACTIVE, error_code("400100", "x"), envelope(CONTRACTS))
-    sleeps: list[float] = []
-    with pytest.raises(BadResponseError, match="400100"):
-        kucoin.fetch_with_retries(lambda: fetch(server), retries=3, sleep=sleeps.append)
+    state, delays, _ = fetch_step(server, retries=3)
+    assert state.status == "failed"
+    assert state.error is not None and "400100" in state.error
     assert server.hits[ACTIVE] == 1
-    assert sleeps == []
+    assert delays == []
 
 
 def test_backoff_delay_is_bounded() -> None:
@@ -347,20 +369,20 @@ def contract_path(symbol: str) -> str:
 @pytest.mark.parametrize("code", ["100003", "200003"])
 def test_contract_status_is_none_when_the_exchange_says_the_contract_is_gone(server: LocalServer, code: str) -> None:
     server.route(contract_path("LUNAUSDTM"), error_code(code, "Contract parameter invalid"))
-    assert kucoin.contract_status(server.base_url, "LUNAUSDTM", timeout_s=TIMEOUT_S) is None
+    assert kucoin.contract_status(make_session(), server.base_url, "LUNAUSDTM", timeout_s=TIMEOUT_S) is None
     assert server.hits[contract_path("LUNAUSDTM")] == 1
 
 
 @pytest.mark.parametrize("status", ["Open", "Paused", "CancelOnly"])
 def test_contract_status_returns_the_status(server: LocalServer, status: str) -> None:
     server.route(contract_path("XBTUSDTM"), envelope({"symbol": "XBTUSDTM", "status": status}))
-    assert kucoin.contract_status(server.base_url, "XBTUSDTM", timeout_s=TIMEOUT_S) == status
+    assert kucoin.contract_status(make_session(), server.base_url, "XBTUSDTM", timeout_s=TIMEOUT_S) == status
 
 
 def test_contract_status_raises_on_a_transient_failure(server: LocalServer) -> None:
     server.route(contract_path("XBTUSDTM"), reply(503, b"maintenance"))
     with pytest.raises(TransientFetchError):
-        kucoin.contract_status(server.base_url, "XBTUSDTM", timeout_s=TIMEOUT_S)
+        kucoin.contract_status(make_session(), server.base_url, "XBTUSDTM", timeout_s=TIMEOUT_S)
 
 
 @pytest.mark.parametrize("code", ["500000", "404000"])
@@ -368,7 +390,7 @@ def test_contract_status_does_not_call_other_error_codes_gone(server: LocalServe
     # An internal error or a wrong URL proves nothing about the contract: None would confirm a delisting.
     server.route(contract_path("XBTUSDTM"), error_code(code, "Internal Server Error"))
     with pytest.raises(BadResponseError) as info:
-        kucoin.contract_status(server.base_url, "XBTUSDTM", timeout_s=TIMEOUT_S)
+        kucoin.contract_status(make_session(), server.base_url, "XBTUSDTM", timeout_s=TIMEOUT_S)
     assert info.value.code == code
 
 
@@ -377,16 +399,19 @@ BIG = [{"symbol": f"SYM{i}USDTM", "status": "Open", "pad": "x" * 100} for i in r
 
 def test_undecoded_fetch_passes_a_large_success_list_through_undecoded(server: LocalServer) -> None:
     server.route(ACTIVE, envelope(BIG))
-    fetched = kucoin.fetch_active(server.base_url, timeout_s=TIMEOUT_S, max_bytes=MAX_BYTES, decode=False)
+    fetched = kucoin.fetch_active(make_session(), server.base_url, timeout_s=TIMEOUT_S, max_bytes=MAX_BYTES,
+                                  decode=False)
     assert fetched.data is None
     assert json.loads(fetched.body)["data"] == BIG
 
 
 def test_undecoded_fetch_still_checks_anything_but_a_plain_success(server: LocalServer) -> None:
     server.route(ACTIVE, reply(200, json.dumps({"data": BIG, "code": "200000"}).encode()))
-    reordered = kucoin.fetch_active(server.base_url, timeout_s=TIMEOUT_S, max_bytes=MAX_BYTES, decode=False)
+    reordered = kucoin.fetch_active(make_session(), server.base_url, timeout_s=TIMEOUT_S, max_bytes=MAX_BYTES,
+                                  decode=False)
     assert reordered.data == BIG  # not the fast path's shape: decoded and checked as usual
     big_error = json.dumps({"code": "500000", "msg": "x" * 70_000}).encode()
     server.route(ACTIVE, reply(200, big_error))
     with pytest.raises(BadResponseError, match="500000"):
-        kucoin.fetch_active(server.base_url, timeout_s=TIMEOUT_S, max_bytes=MAX_BYTES, decode=False)
+        kucoin.fetch_active(make_session(), server.base_url, timeout_s=TIMEOUT_S, max_bytes=MAX_BYTES,
+                                  decode=False)

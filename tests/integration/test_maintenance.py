@@ -167,11 +167,11 @@ def test_prune_walks_a_long_backlog_a_day_at_a_time_and_vacuum_only_runs_when_pa
         tmp_path: Path) -> None:
     from sqlalchemy import event
 
+    from tokenwatch import process
     from tokenwatch.db import maintenance
-    from tokenwatch.db.engine import dispose_engines, get_engine
 
     url = f"sqlite:///{tmp_path / 'tokens.db'}"
-    engine = get_engine(url, writer=True)
+    engine = process.current().engine(url, writer=True)
     now = int(time.time() * 1000)
     rows = [(f"r{i:04d}", now - i * DAY_MS // 4, now - i * DAY_MS // 4, "ok") for i in range(400)]  # 100 days
     with sqlite3.connect(tmp_path / "tokens.db") as conn:
@@ -180,25 +180,22 @@ def test_prune_walks_a_long_backlog_a_day_at_a_time_and_vacuum_only_runs_when_pa
     deletes: list[str] = []
     event.listen(engine, "before_cursor_execute",
                  lambda _c, _cur, sql, *_: deletes.append(sql) if sql.startswith("DELETE") else None)
-    try:
-        cutoff = now - 30 * DAY_MS
-        assert maintenance.prune_sync_runs(engine, cutoff) == sum(1 for r in rows if r[2] < cutoff)
-        with sqlite3.connect(tmp_path / "tokens.db") as conn:
-            left = [r[0] for r in conn.execute("SELECT finished_at FROM sync_runs")]
-        assert len(left) == sum(1 for r in rows if r[2] >= cutoff)
-        assert min(left) >= cutoff
-        assert 69 <= len(deletes) <= 71  # one transaction per day of backlog
-        assert maintenance.prune_sync_runs(engine, cutoff) == 0
+    cutoff = now - 30 * DAY_MS
+    assert maintenance.prune_sync_runs(engine, cutoff) == sum(1 for r in rows if r[2] < cutoff)
+    with sqlite3.connect(tmp_path / "tokens.db") as conn:
+        left = [r[0] for r in conn.execute("SELECT finished_at FROM sync_runs")]
+    assert len(left) == sum(1 for r in rows if r[2] >= cutoff)
+    assert min(left) >= cutoff
+    assert 69 <= len(deletes) <= 71  # one transaction per day of backlog
+    assert maintenance.prune_sync_runs(engine, cutoff) == 0
 
-        pages = maintenance.page_stats(engine)
-        vacuumed = maintenance.vacuum(engine, str(tmp_path / "tokens.db"))
-        assert (vacuumed["vacuumed"], vacuumed["free_pages_before"]) == (True, pages["freelist_count"])
-        assert pages["freelist_count"] > 0
-        after = maintenance.page_stats(engine)
-        assert after["freelist_count"] == 0
-        assert after["page_count"] == pages["page_count"] - pages["freelist_count"]
-        again = maintenance.vacuum(engine, str(tmp_path / "tokens.db"))
-        assert (again["vacuumed"], again["free_pages_before"]) == (False, 0)
-        assert again["after"]["wal"] == 0  # the checkpoint truncated the WAL
-    finally:
-        dispose_engines()
+    pages = maintenance.page_stats(engine)
+    vacuumed = maintenance.vacuum(engine, str(tmp_path / "tokens.db"))
+    assert (vacuumed["vacuumed"], vacuumed["free_pages_before"]) == (True, pages["freelist_count"])
+    assert pages["freelist_count"] > 0
+    after = maintenance.page_stats(engine)
+    assert after["freelist_count"] == 0
+    assert after["page_count"] == pages["page_count"] - pages["freelist_count"]
+    again = maintenance.vacuum(engine, str(tmp_path / "tokens.db"))
+    assert (again["vacuumed"], again["free_pages_before"]) == (False, 0)
+    assert again["after"]["wal"] == 0  # the checkpoint truncated the WAL

@@ -23,9 +23,11 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The wheel built from a copy of the tracked files, as a clean checkout would build it."""
+    """The wheel built from a copy of the project's files, as a clean checkout would build it."""
     source = tmp_path_factory.mktemp("source")
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    git = shutil.which("git") or "git"
+    listed = [git, "ls-files", "-z", "--cached", "--others", "--exclude-standard"]  # what a commit would hold
+    tracked = subprocess.run(listed, cwd=ROOT, capture_output=True, check=True).stdout
     for name in filter(None, tracked.decode().split("\0")):
         origin, target = ROOT / name, source / name
         if not origin.exists() and not origin.is_symlink():

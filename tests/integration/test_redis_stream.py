@@ -11,7 +11,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from tokenwatch.cache import hot
-from tokenwatch.cache.redis_client import get_redis, stream
+from tokenwatch.cache.redis_client import make_redis, stream
 from tokenwatch.embedded import EmbeddedRedis
 
 pytestmark = pytest.mark.integration
@@ -24,7 +24,7 @@ def _kill_other_clients(admin: redis.Redis) -> None:
 def test_a_large_cache_staged_through_our_client_arrives_whole(
     redis_server: EmbeddedRedis, redis_client: redis.Redis,
 ) -> None:
-    client = get_redis(redis_server.url)
+    client = make_redis(redis_server.url)
     blob = memoryview(b"".join(b'{"symbol":"C%dUSDTM","pad":"%s"}' % (i, b"x" * 1500) for i in range(5_000)))
     step = len(blob) // 5_000
     entries = {f"C{i}USDTM": blob[i * step:(i + 1) * step] for i in range(5_000)}
@@ -58,7 +58,7 @@ def test_a_connection_lost_mid_stream_is_sent_again_when_the_client_retries(
 def test_without_retries_a_lost_connection_is_raised_and_the_client_recovers(
     redis_server: EmbeddedRedis, redis_client: redis.Redis,
 ) -> None:
-    client = get_redis(redis_server.url)  # the project's clients do not retry: the caller reports it
+    client = make_redis(redis_server.url)  # the project's clients do not retry: the caller reports it
     client.ping()
 
     def commands() -> Iterator[list[Any]]:

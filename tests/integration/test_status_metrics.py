@@ -253,3 +253,18 @@ def test_tokenwatch_run_serves_the_registry_metrics(stack: Stack, sim: Simulator
         log.close()
     with pytest.raises(OSError):
         scrape(port)  # stopped with everything else
+
+
+def test_queue_depths_count_every_priority_level(stack: Stack) -> None:
+    from kombu import Connection, Queue
+
+    from tokenwatch.cache.redis_client import to_kombu_url
+
+    with Connection(to_kombu_url(stack.env["TOKENWATCH_REDIS_URL"])) as connection:
+        producer = connection.Producer()
+        for queue, priority in (("fetch", 0), ("fetch", 0), ("fetch", 9), ("db", 3)):
+            producer.publish({"n": 1}, routing_key=queue, declare=[Queue(queue)], priority=priority)
+    assert len(stack.redis.keys("fetch*")) == 2  # kombu keeps each priority level in a list of its own
+    code, report, _ = status(stack)
+    assert code == 0
+    assert report["queues"] == {"fetch": 3, "db": 1}

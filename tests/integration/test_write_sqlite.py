@@ -16,13 +16,13 @@ from sqlalchemy import Engine, event
 from sqlalchemy.exc import IntegrityError
 
 import tokenwatch.db.engine
-import tokenwatch.db.writer
+import tokenwatch.db.locking
 from tokenwatch.db.engine import BUSY_TIMEOUT_MS, CACHE_KIB, MMAP_BYTES, init_db, make_engine, sqlite_path
 from tokenwatch.db.queries import load_registry
 from tokenwatch.db.writer import WriteResult, apply_plan
 from tokenwatch.domain.contracts import Contract, parse_contracts
 from tokenwatch.domain.diff import Event, Plan, build_plan
-from tokenwatch.domain.registry import ACTIVE, DELISTED, Registry
+from tokenwatch.domain.registry import ACTIVE, DELISTED, RegistryHead, RegistryState
 from tokenwatch.errors import StaleSnapshotError, WriteError
 from tokenwatch.simulator.generator import generate_contracts, new_contract
 
@@ -158,7 +158,8 @@ def short_busy_timeout(monkeypatch: pytest.MonkeyPatch, ms: int) -> None:
 
 
 def lock_retries_logged(caplog: pytest.LogCaptureFixture) -> int:
-    return sum(1 for r in caplog.records if r.name == "tokenwatch.db.writer" and "database is locked" in r.getMessage())
+    return sum(1 for r in caplog.records
+               if r.name == "tokenwatch.db.locking" and "database is locked" in r.getMessage())
 
 
 # ---- schema and connection settings ------------------------------------------------------------------------
@@ -243,7 +244,7 @@ def test_baseline_plan_is_written_whole(engine: Engine) -> None:
     assert run["api_ms"] == 12.5
     assert [tuple(s) for s in statuses] == [(ACTIVE,)]
     # What was written reads back exactly as the plan said the registry would be.
-    expected = plan.apply_to(Registry(revision=0, rows={}))
+    expected = plan.apply_to(RegistryState(RegistryHead(0), {}))
     loaded = load_registry(engine)
     assert loaded.revision == expected.revision == 1
     assert loaded.rows == expected.rows
@@ -314,7 +315,7 @@ def test_applying_the_same_plan_twice_changes_nothing(engine: Engine) -> None:
 def test_stale_base_revision_is_refused_and_changes_nothing(engine: Engine) -> None:
     contracts, _ = baseline(engine)
     stale = build_plan(
-        "sync-late", contracts, Registry(revision=0, rows={}), now_ms=NOW + MINUTE_MS, window_ms=WINDOW_MS,
+        "sync-late", contracts, RegistryState(RegistryHead(0), {}), now_ms=NOW + MINUTE_MS, window_ms=WINDOW_MS,
         fetched=30, invalid=0,
     )
     before = dump(engine)
@@ -386,7 +387,7 @@ def test_constraint_violation_is_reported_as_write_error(engine: Engine) -> None
 
 def test_short_lock_is_absorbed_by_the_busy_timeout(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
     plan = plan_on(engine, snapshot(10), "sync-0", NOW)
-    caplog.set_level(logging.WARNING, logger="tokenwatch.db.writer")
+    caplog.set_level(logging.WARNING, logger="tokenwatch.db.locking")
     with write_lock_held(engine, release_after_s=0.5):
         result = apply(engine, plan)
     assert result.revision == 1
@@ -401,7 +402,7 @@ def test_lock_longer_than_the_busy_timeout_succeeds_after_retrying(
     eng = make(tmp_path)
     try:
         plan = plan_on(eng, snapshot(10), "sync-0", NOW)
-        caplog.set_level(logging.WARNING, logger="tokenwatch.db.writer")
+        caplog.set_level(logging.WARNING, logger="tokenwatch.db.locking")
         with write_lock_held(eng, release_after_s=1.0):
             result = apply(eng, plan)
         assert result == WriteResult(revision=1, duplicate=False, upserted=10, batches=1)
@@ -415,14 +416,14 @@ def test_lock_held_beyond_the_retry_bound_fails_cleanly(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     short_busy_timeout(monkeypatch, 100)
-    monkeypatch.setattr(tokenwatch.db.writer, "LOCK_BACKOFF_S", 0.01)
+    monkeypatch.setattr(tokenwatch.db.locking, "LOCK_BACKOFF_S", 0.01)
     eng = make(tmp_path)
     try:
         contracts, _ = baseline(eng)
         later = NOW + MINUTE_MS
         plan = plan_on(eng, changed_snapshot(contracts, listed=2, delisted=1, now=later), "sync-1", later)
         before = dump(eng)
-        caplog.set_level(logging.WARNING, logger="tokenwatch.db.writer")
+        caplog.set_level(logging.WARNING, logger="tokenwatch.db.locking")
         started = time.perf_counter()
         with write_lock_held(eng, release_after_s=10.0) as release:
             with pytest.raises(WriteError, match="locked") as info:
@@ -430,7 +431,7 @@ def test_lock_held_beyond_the_retry_bound_fails_cleanly(
             elapsed = time.perf_counter() - started
             release.set()
         assert "\n" not in str(info.value)
-        assert lock_retries_logged(caplog) == tokenwatch.db.writer.LOCK_RETRIES
+        assert lock_retries_logged(caplog) == tokenwatch.db.locking.LOCK_RETRIES
         assert elapsed < 5.0
         assert dump(eng) == before
     finally:
@@ -441,12 +442,12 @@ def test_lock_retries_follow_the_module_setting(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     short_busy_timeout(monkeypatch, 50)
-    monkeypatch.setattr(tokenwatch.db.writer, "LOCK_RETRIES", 1)
-    monkeypatch.setattr(tokenwatch.db.writer, "LOCK_BACKOFF_S", 0.01)
+    monkeypatch.setattr(tokenwatch.db.locking, "LOCK_RETRIES", 1)
+    monkeypatch.setattr(tokenwatch.db.locking, "LOCK_BACKOFF_S", 0.01)
     eng = make(tmp_path)
     try:
         plan = plan_on(eng, snapshot(5), "sync-0", NOW)
-        caplog.set_level(logging.WARNING, logger="tokenwatch.db.writer")
+        caplog.set_level(logging.WARNING, logger="tokenwatch.db.locking")
         with write_lock_held(eng, release_after_s=10.0) as release:
             with pytest.raises(WriteError, match="locked"):
                 apply(eng, plan)

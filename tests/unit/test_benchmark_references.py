@@ -13,15 +13,15 @@ import pytest
 from sqlalchemy import Engine
 
 from benchmarks import references
+from tokenwatch.clock import HOUR_MS
 from tokenwatch.db.engine import init_db, make_engine
 from tokenwatch.db.queries import load_registry
 from tokenwatch.db.writer import apply_plan
 from tokenwatch.domain.contracts import parse_contracts
 from tokenwatch.domain.diff import Plan, build_plan
-from tokenwatch.domain.registry import Registry
+from tokenwatch.domain.registry import RegistryHead, RegistryState
 from tokenwatch.simulator import generate_contracts, new_contract
 
-HOUR_MS = 3_600_000
 WINDOW_MS = 72 * HOUR_MS
 T0 = 1_793_491_200_000 + 5 * 24 * HOUR_MS  # five days after the generator's reference time
 T1 = T0 + 60_000
@@ -32,7 +32,7 @@ REFERENCES: dict[str, Writer] = {
 }
 
 
-def _plan(sync_id: str, items: list[dict[str, Any]], registry: Registry, now: int, **kwargs: Any) -> Plan:
+def _plan(sync_id: str, items: list[dict[str, Any]], registry: RegistryState, now: int, **kwargs: Any) -> Plan:
     parsed = parse_contracts(items)
     return build_plan(
         sync_id, parsed.contracts, registry, now_ms=now, window_ms=WINDOW_MS, fetched=len(items),
@@ -61,7 +61,7 @@ def engines(tmp_path: Path) -> Iterator[dict[str, Engine]]:
 
 def test_references_write_the_pipelines_rows(engines: dict[str, Engine], tmp_path: Path) -> None:
     items = generate_contracts(60, seed=3)
-    baseline = _plan("sync-0", items, Registry(revision=0, rows={}), T0)
+    baseline = _plan("sync-0", items, RegistryState(RegistryHead(0), {}), T0)
     assert baseline.status == "baseline"
     for engine in engines.values():
         apply_plan(engine, baseline, batch_size=25, started_at=T0, timings={})

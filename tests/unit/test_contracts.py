@@ -14,6 +14,7 @@ from tokenwatch.domain.contracts import (
     METADATA_KEYS,
     REQUIRED,
     InvalidContract,
+    ParseMemo,
     contract_list,
     parse_contract,
     parse_contracts,
@@ -314,9 +315,9 @@ def test_memo_gives_the_same_result_as_a_full_parse() -> None:
     from tokenwatch.simulator.generator import generate_contracts
 
     items = generate_contracts(50, seed=4)
-    memo: dict[str, Any] = {}
+    memo = ParseMemo()
     first = parse_contracts(items, memo=memo)
-    assert len(memo) == 50
+    assert len(memo.validated) == 50
     changed = [dict(item) for item in items]
     changed[0]["tickSize"] = 123.0  # a metadata change: must be parsed again, not reused
     changed[1]["lotSize"] = -1  # now invalid: the memo must not keep it valid
@@ -329,14 +330,14 @@ def test_memo_gives_the_same_result_as_a_full_parse() -> None:
         s: (c.status, c.meta) for s, c in without.contracts.items()}
     assert orjson.loads(bytes(with_memo.contracts[items[3]["symbol"]].raw))["markPrice"] == 1.0
     assert first.contracts[items[0]["symbol"]].meta != with_memo.contracts[items[0]["symbol"]].meta
-    assert items[1]["symbol"] not in memo  # only valid symbols of the latest snapshot are remembered
+    assert items[1]["symbol"] not in memo.validated  # only valid symbols of the latest snapshot are remembered
 
 
 def test_memo_gives_the_same_result_from_json_texts() -> None:
     from tokenwatch.simulator.generator import generate_contracts
 
     items = generate_contracts(30, seed=5)
-    memo: dict[str, Any] = {}
+    memo = ParseMemo()
     parse_contracts(texts_of(items), memo=memo)
     items[0]["tickSize"] = 7.0
     items[1]["maxLeverage"] = "many"
@@ -358,7 +359,7 @@ def test_any_key_order_parses_the_same_and_a_new_order_is_validated_afresh() -> 
 
     items = generate_contracts(40, seed=6)
     expected = parse_contracts(items)
-    memo: dict[str, Any] = {}
+    memo = ParseMemo()
     # Each list in one key order (the decoder follows the first contract's), then mixed orders.
     for seed in (1, 2):
         same_order = [_shuffled(items[0], seed) | item for item in items]  # items[0]'s order for every key

@@ -7,12 +7,11 @@ from typing import Any
 import orjson
 import pytest
 
+from tokenwatch.clock import DAY_MS, HOUR_MS
 from tokenwatch.domain.contracts import METADATA_KEYS, Contract, parse_contract
 from tokenwatch.domain.diff import Plan, build_plan, is_new, is_suspect, missing_symbols
-from tokenwatch.domain.registry import ACTIVE, DELISTED, Registry, RegistryRow
+from tokenwatch.domain.registry import ACTIVE, DELISTED, RegistryHead, RegistryRow, RegistryState
 
-HOUR_MS = 3_600_000
-DAY_MS = 24 * HOUR_MS
 WINDOW_MS = 72 * HOUR_MS
 NOW = 1_764_000_000_000  # 2025-11-24, a fixed clock
 LONG_AGO = NOW - 400 * DAY_MS
@@ -49,11 +48,11 @@ def stored(
     )
 
 
-def registry(*rows: RegistryRow, revision: int = 5) -> Registry:
-    return Registry(revision=revision, rows={row.symbol: row for row in rows}, last_fetched_at=NOW - 60_000)
+def registry(*rows: RegistryRow, revision: int = 5) -> RegistryState:
+    return RegistryState(RegistryHead(revision, "sync-0", NOW - 60_000), {row.symbol: row for row in rows})
 
 
-def plan_for(contracts: list[Contract], reg: Registry, *, now: int = NOW, **kwargs: Any) -> Plan:
+def plan_for(contracts: list[Contract], reg: RegistryState, *, now: int = NOW, **kwargs: Any) -> Plan:
     return build_plan(
         "sync-1", {c.symbol: c for c in contracts}, reg, now_ms=now, window_ms=WINDOW_MS,
         fetched=len(contracts), invalid=0, **kwargs,
@@ -64,7 +63,7 @@ def events(plan: Plan) -> list[tuple[str, str]]:
     return [(e.symbol, e.event_type) for e in plan.events]
 
 
-def assert_active_count_matches(plan: Plan, reg: Registry) -> None:
+def assert_active_count_matches(plan: Plan, reg: RegistryState) -> None:
     """counts['active'] is the number of active rows once the plan is applied."""
     after = plan.apply_to(reg)
     assert plan.counts["active"] == sum(1 for row in after.rows.values() if row.status == ACTIVE)
@@ -81,7 +80,7 @@ SYMBOLS = ("XBTUSDTM", "ETHUSDTM", "SOLUSDTM", "XRPUSDTM", "ADAUSDTM")
 
 def test_baseline_upserts_everything_and_records_no_events() -> None:
     contracts = [contract(s) for s in SYMBOLS]
-    reg = Registry(revision=0, rows={})
+    reg = RegistryState(RegistryHead(0), {})
     plan = build_plan(
         "sync-0", {c.symbol: c for c in contracts}, reg, now_ms=NOW, window_ms=WINDOW_MS, fetched=7, invalid=2,
     )
@@ -399,7 +398,7 @@ def test_reappearing_after_an_unconfirmed_absence_clears_missing_since() -> None
 
 # ---- Plan helpers ------------------------------------------------------------------------------------------
 
-def busy_plan() -> tuple[Plan, Registry]:
+def busy_plan() -> tuple[Plan, RegistryState]:
     """A plan with one of each row-changing class (2 of 7 absent, under a 50 % bound), on revision 5."""
     reg = registry(
         stored(contract("XBTUSDTM")), stored(contract("ETHUSDTM")), stored(contract("SOLUSDTM")),

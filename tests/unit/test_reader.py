@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import sys
 import time
-import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,9 +13,9 @@ import redis
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
-from tokenwatch import reader
+from tokenwatch import process
 from tokenwatch.cache import hot, keys
-from tokenwatch.db.engine import dispose_engines, get_engine
+from tokenwatch.clock import HOUR_MS
 from tokenwatch.db.queries import load_registry
 from tokenwatch.db.writer import apply_plan
 from tokenwatch.domain.contracts import METADATA_COLUMNS, METADATA_KEYS, parse_contracts
@@ -30,18 +28,12 @@ WINDOW_H = 72.0
 NOW_MS = int(time.time() * 1000)
 
 
-@pytest.fixture(autouse=True)
-def _no_metrics_module(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make `import tokenwatch.metrics` fail, whether or not that module exists yet; tests that want it add it."""
-    monkeypatch.setitem(sys.modules, "tokenwatch.metrics", None)
-
-
 class World:
     """A registry file and a fake Redis, synced like the pipeline does: commit, then stage and publish."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.url = f"sqlite:///{tmp_path / 'tokens.db'}"
-        self.engine: Engine = get_engine(self.url, writer=True)
+        self.engine: Engine = process.current().engine(self.url, writer=True)
         self.server = fakeredis.FakeServer()
         self.client = fakeredis.FakeRedis(server=self.server)
         self.syncs = 0
@@ -53,7 +45,7 @@ class World:
         parsed = parse_contracts(contracts)
         assert parsed.invalid == 0, parsed.reasons
         plan = build_plan(sync_id, parsed.contracts, load_registry(self.engine), now_ms=NOW_MS + self.syncs,
-                          window_ms=int(WINDOW_H * 3_600_000), fetched=len(contracts), invalid=0)
+                          window_ms=int(WINDOW_H * HOUR_MS), fetched=len(contracts), invalid=0)
         result = apply_plan(self.engine, plan, batch_size=100, started_at=NOW_MS, timings={})
         entries = {symbol: bytes(c.raw) for symbol, c in parsed.contracts.items()}
         staged = keys.cache_key(sync_id)
@@ -72,7 +64,6 @@ def world(tmp_path: Path) -> Iterator[World]:
     current = World(tmp_path)
     current.sync(generate_contracts(20, seed=5, now_ms=NOW_MS))
     yield current
-    dispose_engines()
 
 
 def some_symbol(world: World) -> str:
@@ -257,18 +248,16 @@ def test_redis_is_left_alone_for_the_retry_interval_then_used_again(
 
 def test_redis_with_nothing_published_reads_the_database(tmp_path: Path) -> None:
     world = World(tmp_path)
-    try:
-        world.sync(generate_contracts(5, seed=2, now_ms=NOW_MS))
-        world.client.flushall()  # Redis restarted empty: no version, no hash
-        registry = world.registry()
-        symbol = sorted(world.contracts)[0]
-        contract = registry.get(symbol)
-        assert contract is not None and contract["symbol"] == symbol
-        assert len(registry.active()) == 5
-        assert registry.stats()["database"] == {"hits": 2, "misses": 0}
-        assert registry.stats()["redis"]["misses"] == 2
-    finally:
-        dispose_engines()
+    world.sync(generate_contracts(5, seed=2, now_ms=NOW_MS))
+    world.client.flushall()  # Redis restarted empty: no version, no hash
+    registry = world.registry()
+    symbol = sorted(world.contracts)[0]
+    contract = registry.get(symbol)
+    assert contract is not None and contract["symbol"] == symbol
+    assert len(registry.active()) == 5
+    assert registry.stats()["database"] == {"hits": 2, "misses": 0}
+    assert registry.stats()["redis"]["misses"] == 2
+
 
 
 def test_new_listings_join_the_database_rows_with_the_live_contract(world: World) -> None:
@@ -339,7 +328,7 @@ def test_urls_default_to_the_settings(monkeypatch: pytest.MonkeyPatch, tmp_path:
         registry = Registry()
         assert registry.database_url == f"sqlite:///{tmp_path / 'x.db'}"
         assert registry.redis_url == "redis://127.0.0.1:1/3"
-        assert registry._window_ms == 2 * 3_600_000
+        assert registry._window_ms == 2 * HOUR_MS
         registry.close()
     finally:
         get_settings.cache_clear()
@@ -350,46 +339,42 @@ def test_bad_intervals_are_refused(world: World) -> None:
         world.registry(refresh_interval_s=-1)
 
 
-def test_the_metrics_hook_sees_every_access(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_on_access_hook_sees_every_access(world: World) -> None:
     seen: list[tuple[str, bool]] = []
-    metrics = types.ModuleType("tokenwatch.metrics")
-    metrics.record_cache_access = lambda layer, hit: seen.append((layer, hit))  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "tokenwatch.metrics", metrics)
-    registry = world.registry()
+    registry = world.registry(on_access=lambda layer, hit: seen.append((layer, hit)))
     registry.get(some_symbol(world))
     registry.get("NOSUCHUSDTM")
     assert seen == [("snapshot", True), ("snapshot", False), ("redis", False)]
 
 
-def test_a_failing_metrics_hook_is_dropped_and_reads_go_on(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_on_access_hook_is_dropped_and_reads_go_on(world: World) -> None:
     calls: list[str] = []
 
     def broken(layer: str, _hit: bool) -> None:
         calls.append(layer)
         raise RuntimeError("registry full")
 
-    metrics = types.ModuleType("tokenwatch.metrics")
-    metrics.record_cache_access = broken  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "tokenwatch.metrics", metrics)
-    registry = world.registry()
+    registry = world.registry(on_access=broken)
     assert registry.get(some_symbol(world)) is not None
     assert registry.get(some_symbol(world)) is not None
     assert calls == ["snapshot"]
     assert registry.stats()["snapshot"]["hits"] == 2
 
 
-def test_no_metrics_module_means_no_hook() -> None:
-    assert reader._metrics_hook() is None
+def test_the_metrics_module_counts_reads_through_the_hook(world: World) -> None:
+    from tokenwatch import metrics
+
+    before = metrics.CACHE_HITS.labels("snapshot")._value.get()
+    registry = world.registry(on_access=metrics.record_cache_access)
+    registry.get(some_symbol(world))
+    assert metrics.CACHE_HITS.labels("snapshot")._value.get() == before + 1
 
 
-def test_a_cached_get_costs_microseconds(world: World) -> None:
+def test_a_cached_get_sends_nothing_to_redis(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     symbol = some_symbol(world)
     registry = world.registry()
-    registry.get(symbol)
-    rounds = 20_000
-    started = time.perf_counter()
-    for _ in range(rounds):
-        registry.get(symbol)
-    per_get_us = (time.perf_counter() - started) / rounds * 1e6
-    print(f"\ncached Registry.get: {per_get_us:.2f} µs per call (fakeredis, snapshot layer)")
-    assert per_get_us < 200  # a loose sanity bound: a network round trip per read would be far above it
+    registry.get(symbol)  # the first read loads the snapshot
+    calls = count_commands(monkeypatch, world.client)
+    for _ in range(1_000):
+        assert registry.get(symbol) is not None
+    assert calls == []  # served from this process's snapshot: no round trip per read

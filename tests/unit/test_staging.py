@@ -1,8 +1,7 @@
-"""cache.staging against fakeredis: payloads read back exactly, in slices, and handed over in-process."""
+"""cache.staging against fakeredis: payloads read back exactly, in slices."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import fakeredis
@@ -56,42 +55,3 @@ def test_a_missing_payload_is_a_staging_error(client: redis.Redis) -> None:
 def test_the_put_sets_the_ttl(client: redis.Redis) -> None:
     staging.put(client, "k", b"data", TTL_S)
     assert 0 < client.ttl("k") <= TTL_S
-
-
-def test_a_kept_payload_is_taken_without_asking_redis(client: redis.Redis) -> None:
-    data = payload(1000)
-    staging.put(client, "k", data, TTL_S, keep=True)
-    before = CountingRedis.commands
-    assert staging.take(client, "k") is data
-    assert CountingRedis.commands == before
-    # Taken once: a second take (a redelivered message) reads Redis, the source of truth.
-    client.delete("k")
-    with pytest.raises(StagingError):
-        staging.take(client, "k")
-
-
-def test_only_the_latest_payload_is_kept(client: redis.Redis) -> None:
-    staging.put(client, "a", b"first", TTL_S, keep=True)
-    staging.put(client, "b", b"second", TTL_S, keep=True)
-    client.delete("a")
-    with pytest.raises(StagingError):
-        staging.take(client, "a")  # no longer kept, and gone from Redis
-
-
-def test_a_kept_payload_past_its_ttl_is_not_used(client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
-    staging.put(client, "k", b"old", TTL_S, keep=True)
-    client.delete("k")  # Redis expired it
-    real = staging.time.monotonic
-    monkeypatch.setattr(staging.time, "monotonic", lambda: real() + TTL_S + 1)
-    with pytest.raises(StagingError):
-        staging.take(client, "k")
-
-
-def test_a_payload_kept_by_the_parent_is_not_used_after_fork(
-    client: redis.Redis, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    staging.put(client, "k", b"parent", TTL_S, keep=True)
-    client.set("k", b"redis")
-    child = os.getpid() + 1
-    monkeypatch.setattr(staging.os, "getpid", lambda: child)
-    assert staging.take(client, "k") == b"redis"

@@ -9,8 +9,10 @@ import pytest
 import redis
 from prometheus_client import REGISTRY
 
-from tokenwatch import alerts, metrics, status
+from tokenwatch import alerts, health, metrics, worker_memory
 from tokenwatch.alerts import Alert, Health, Thresholds
+from tokenwatch.outcome import SyncStatus
+from tokenwatch.process import ProcessState
 from tokenwatch.settings import load_settings
 
 NOW = 1_800_000_000_000
@@ -166,43 +168,30 @@ def test_an_unreadable_record_still_counts_as_standing(client: redis.Redis) -> N
 
 
 def test_percentiles_and_the_hour_summary() -> None:
-    assert status.percentile([], 50) is None
+    assert health.percentile([], 50) is None
     values = [float(v) for v in range(1, 21)]  # 1..20
-    assert status.percentile(values, 50) == 10.0
-    assert status.percentile(values, 95) == 19.0
-    assert status.percentile([7.0], 95) == 7.0
+    assert health.percentile(values, 50) == 10.0
+    assert health.percentile(values, 95) == 19.0
+    assert health.percentile([7.0], 95) == 7.0
     runs = [("ok", 100.0), ("baseline", 300.0), ("suspect", 200.0), ("failed", 9_000.0), ("skipped", 1.0)]
-    assert status.hour_stats(runs) == {
+    assert health.hour_stats(runs) == {
         "syncs": 5, "good": 3, "failed": 1, "skipped": 1, "success_pct": 75.0, "p50_ms": 200.0, "p95_ms": 300.0,
     }
-    assert status.hour_stats([])["success_pct"] is None
+    assert health.hour_stats([])["success_pct"] is None
 
 
-@pytest.fixture
-def worker(monkeypatch: pytest.MonkeyPatch, client: redis.Redis) -> redis.Redis:
-    monkeypatch.setattr(status, "get_redis", lambda _url: client)
-    monkeypatch.setattr(status, "_worker_name", None)  # restored after the test
-    return client
-
-
-def test_only_a_worker_reports_its_memory_with_a_ttl(worker: redis.Redis) -> None:
+def test_only_a_worker_reports_its_memory_with_a_ttl(process_state: ProcessState, client: redis.Redis) -> None:
     settings = load_settings()
-    status.report_worker_rss(settings)
-    assert status.worker_rss(worker) == {}  # the CLI is no worker
-    status.set_worker_name("tokenwatch@box")
-    status.report_worker_rss(settings)
-    (name, rss), = status.worker_rss(worker).items()
+    process_state.redis_clients[settings.effective_redis_url()] = client
+    worker_memory.report(settings, process_state)
+    assert worker_memory.worker_rss(client) == {}  # the CLI is no worker
+    process_state.worker_name = "tokenwatch@box"
+    worker_memory.report(settings, process_state)
+    (name, rss), = worker_memory.worker_rss(client).items()
     assert name.startswith("tokenwatch@box-")
     assert 10 * MIB < rss < 4096 * MIB
-    ttl = worker.ttl(status.WORKER_RSS_PREFIX + name)
-    assert 0 < ttl <= settings.sync_interval_s * status.RSS_TTL_INTERVALS
-
-
-def test_queue_lengths_count_every_priority_level(client: redis.Redis) -> None:
-    client.rpush("fetch", b"a", b"b")
-    client.rpush("fetch\x06\x169", b"c")
-    client.rpush("db", b"d")
-    assert status.queue_lengths(client) == {"fetch": 3, "db": 1}
+    ttl = client.ttl(worker_memory.WORKER_RSS_PREFIX + name)
+    assert 0 < ttl <= settings.sync_interval_s * worker_memory.RSS_TTL_INTERVALS
 
 
 def test_sync_and_cache_metrics_count_in_process() -> None:
@@ -215,9 +204,8 @@ def test_sync_and_cache_metrics_count_in_process() -> None:
               value("tokenwatch_sync_phase_seconds_sum", {"phase": "api"}),
               value("tokenwatch_cache_hits_total", {"layer": "snapshot"}),
               value("tokenwatch_cache_misses_total", {"layer": "redis"}))
-    settings = load_settings()
-    metrics.record_sync(settings, "ok", {"api": 250.0, "total": 900.0})
-    metrics.record_sync(settings, "skipped", {"total": 3.0})  # counted, but its times are not observed
+    metrics.record_sync(SyncStatus.OK, {"api": 250.0, "total": 900.0})
+    metrics.record_sync(SyncStatus.SKIPPED, {"total": 3.0})  # counted, but its times are not observed
     metrics.record_cache_access("snapshot", True)
     metrics.record_cache_access("redis", False)
     after = (value("tokenwatch_syncs_total", {"outcome": "ok"}),

@@ -18,7 +18,6 @@ import socket
 import socketserver
 import sys
 import threading
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,7 +27,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from tokenwatch.simulator.generator import DAY_MS, generate_contracts, market_tick, new_contract
+from tokenwatch.clock import DAY_MS, now_ms
+from tokenwatch.simulator.generator import generate_contracts, market_tick, new_contract
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +100,6 @@ class _Answer:
     content_type: str = JSON_TYPE
     headers: dict[str, str] = field(default_factory=dict)
     truncate_at: int | None = None
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _dumps(obj: Any) -> bytes:
@@ -204,7 +200,7 @@ class Simulator:
         self._thread: threading.Thread | None = None
         # Market ticks draw from their own seeded stream, so a scripted run replays identically.
         self._rng = random.Random(seed + 1)
-        now = _now_ms()
+        now = now_ms()
         self._active: dict[str, dict[str, Any]] = {c["symbol"]: c for c in generate_contracts(
             contracts, seed=seed, now_ms=now,
         )}
@@ -284,7 +280,7 @@ class Simulator:
 
     def list_new(self, count: int = 1, symbols: list[str] | None = None) -> list[str]:
         """List brand-new perpetuals (firstOpenDate = now); named by `symbols` or `count` fresh coins."""
-        now = _now_ms()
+        now = now_ms()
         with self._lock:
             fresh: list[dict[str, Any]] = []
             if symbols is not None:
@@ -341,7 +337,7 @@ class Simulator:
 
     def schedule_delisting(self, symbols: list[str], at_ms: int | None = None) -> int:
         """Set expireDate/settleDate on perpetuals (default now + 7 days), status stays Open; returns at_ms."""
-        at = _now_ms() + 7 * DAY_MS if at_ms is None else _int_param(at_ms, "at_ms", 0, 7_258_118_400_000)
+        at = now_ms() + 7 * DAY_MS if at_ms is None else _int_param(at_ms, "at_ms", 0, 7_258_118_400_000)
         with self._lock:
             names = self._listed(symbols)
             not_perpetual = [s for s in names if self._active[s].get("type") != "FFWCSX"]
@@ -372,7 +368,7 @@ class Simulator:
     def tick(self, fraction: float = 1.0) -> int:
         """Move market data on that fraction of listed contracts; returns how many changed."""
         fraction = _float_param(fraction, "fraction", 0.0, 1.0)
-        now = _now_ms()
+        now = now_ms()
         with self._lock:
             contracts = list(self._active.values())
             chosen = round(len(contracts) * fraction)
@@ -473,7 +469,7 @@ class Simulator:
         return applied
 
     def _rate_headers(self, path: str) -> dict[str, str]:
-        now = _now_ms()
+        now = now_ms()
         if now - self._rate_window_start >= RATE_WINDOW_MS:
             self._rate_window_start, self._rate_used = now, 0
         self._rate_used += CONTRACTS_WEIGHT if path.startswith(CONTRACT_PREFIX) else 1

@@ -1,0 +1,193 @@
+"""The health numbers of `tokenwatch status`, the alert task and the metrics endpoint, loaded from the registry
+database and from Redis. Judging them is tokenwatch.alerts.evaluate (pure); showing them, tokenwatch.status."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from kombu.connection import Connection as BrokerConnection
+from kombu.exceptions import ChannelError
+from sqlalchemy import Connection, desc, func, select
+
+from tokenwatch import alerts, clock
+from tokenwatch.cache.redis_client import to_kombu_url
+from tokenwatch.clock import HOUR_MS
+from tokenwatch.db.queries import recent_syncs
+from tokenwatch.db.schema import sync_runs, token_history, tokens
+from tokenwatch.outcome import COUNT_KEYS, GOOD, PHASES
+from tokenwatch.process import ProcessState
+from tokenwatch.settings import Settings, redact_url
+from tokenwatch.tasks.names import Queue
+from tokenwatch.worker_memory import worker_rss
+
+QUEUES = tuple(queue.value for queue in Queue)
+RECENT = 10
+
+
+def token_counts(conn: Connection) -> dict[str, int]:
+    """Tokens by status, and how many are flagged new."""
+    counts = {"active": 0, "delisted": 0}
+    for status, count in conn.execute(select(tokens.c.status, func.count()).group_by(tokens.c.status)):
+        counts[str(status)] = int(count)
+    # "is_new = 1" as the partial index ix_tokens_new says it ("IS 1" would read the whole table).
+    new = select(func.count()).select_from(tokens).where(tokens.c.is_new == 1)
+    counts["new"] = int(conn.execute(new).scalar_one())
+    return counts
+
+
+def last_good(conn: Connection) -> dict[str, Any] | None:
+    """The newest ok, baseline or suspect sync: sync_id, status, finished_at, invalid."""
+    query = (select(sync_runs.c.sync_id, sync_runs.c.status, sync_runs.c.finished_at, sync_runs.c.invalid)
+             .where(sync_runs.c.status.in_(sorted(GOOD))).order_by(desc(sync_runs.c.finished_at)).limit(1))
+    row = conn.execute(query).first()
+    return None if row is None else dict(row._mapping)
+
+
+def runs_since(conn: Connection, since_ms: int) -> list[tuple[str, float | None]]:
+    """(status, total_ms) of every sync that finished since since_ms."""
+    query = select(sync_runs.c.status, sync_runs.c.total_ms).where(sync_runs.c.finished_at >= since_ms)
+    return [(str(status), None if total is None else float(total)) for status, total in conn.execute(query)]
+
+
+def first_run_ms(conn: Connection) -> int | None:
+    """When the oldest recorded sync finished."""
+    value = conn.execute(select(func.min(sync_runs.c.finished_at))).scalar()
+    return None if value is None else int(value)
+
+
+def last_phase_ms(conn: Connection) -> dict[str, float]:
+    """Per phase, its time in the newest sync that was not skipped and recorded that phase."""
+    result: dict[str, float] = {}
+    for phase in PHASES:
+        column = sync_runs.c[f"{phase}_ms"]
+        query = (select(column).where(sync_runs.c.status != "skipped", column.is_not(None))
+                 .order_by(desc(sync_runs.c.finished_at)).limit(1))
+        value = conn.execute(query).scalar()
+        if value is not None:
+            result[phase] = float(value)
+    return result
+
+
+def events_since(conn: Connection, after_id: int) -> tuple[int, dict[str, int]]:
+    """History events with an id above after_id, counted by type, and the highest id seen."""
+    query = (select(token_history.c.event_type, func.count(), func.max(token_history.c.id))
+             .where(token_history.c.id > after_id).group_by(token_history.c.event_type))
+    rows = conn.execute(query).all()
+    return max((int(r[2]) for r in rows), default=after_id), {str(r[0]): int(r[1]) for r in rows}
+
+
+def queue_lengths(settings: Settings) -> dict[str, int]:
+    """Messages waiting in each Celery queue on the broker, asked through kombu (all priority levels)."""
+    lengths: dict[str, int] = {}
+    broker = BrokerConnection(to_kombu_url(settings.effective_redis_url()), connect_timeout=5)  # type: ignore[no-untyped-call]
+    with broker as connection:
+        channel = connection.default_channel
+        for queue in QUEUES:
+            try:
+                lengths[queue] = int(channel.queue_declare(queue=queue, passive=True).message_count)
+            except ChannelError:  # the broker keeps no empty queue
+                lengths[queue] = 0
+    return lengths
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (q in 0-100) of values; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(math.ceil(q / 100.0 * len(ordered)), 1) - 1]
+
+
+def hour_stats(runs: list[tuple[str, float | None]]) -> dict[str, Any]:
+    """Counts, success rate and p50/p95 total time (good syncs) of a window's runs; skipped ones apart."""
+    good = [total for status, total in runs if status in GOOD]
+    failed = sum(1 for status, _ in runs if status == "failed")
+    skipped = sum(1 for status, _ in runs if status == "skipped")
+    failure = alerts.failure_pct(len(good), failed)
+    totals = [total for total in good if total is not None]
+    return {"syncs": len(runs), "good": len(good), "failed": failed, "skipped": skipped,
+            "success_pct": None if failure is None else round(100.0 - failure, 2),
+            "p50_ms": percentile(totals, 50), "p95_ms": percentile(totals, 95)}
+
+
+def _run_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "sync_id": row["sync_id"], "status": row["status"], "started_at": row["started_at"],
+        "finished_at": row["finished_at"], "error": row["error"], "revision": row["revision"],
+        "counts": {key: row[key] for key in COUNT_KEYS},
+        "timings_ms": {phase: row[f"{phase}_ms"] for phase in PHASES},
+    }
+
+
+@dataclass(slots=True)
+class Status:
+    """Everything `tokenwatch status` shows."""
+
+    now_ms: int
+    tokens: dict[str, int]
+    recent: list[dict[str, Any]]
+    hour: dict[str, Any]
+    last_good: dict[str, Any] | None
+    health: alerts.Health
+    queues: dict[str, int] | None = None
+    workers: dict[str, int] | None = None
+    redis_error: str | None = None
+    alerts: list[alerts.Alert] = field(default_factory=list)
+    since: dict[str, int] = field(default_factory=dict)
+    tracked: bool = False
+
+
+def connect_redis(settings: Settings, process: ProcessState) -> tuple[redis.Redis | None, str | None]:
+    """This process's Redis client if it answers, else (None, a one-line reason)."""
+    url = settings.effective_redis_url()
+    client = process.redis(url)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        return None, f"Redis unreachable at {redact_url(url)} ({type(exc).__name__})"
+    return client, None
+
+
+def load(settings: Settings, process: ProcessState, client: redis.Redis | None, *, now_ms: int | None = None,
+         redis_error: str | None = None) -> Status:
+    """Read the registry's numbers from SQLite and, when client is given, the broker's from Redis."""
+    now = clock.now_ms() if now_ms is None else now_ms
+    engine = process.engine(settings.database_url)
+    with engine.connect() as conn:
+        counts = token_counts(conn)
+        good = last_good(conn)
+        hour = hour_stats(runs_since(conn, now - HOUR_MS))
+        first = first_run_ms(conn)
+        phases = last_phase_ms(conn)
+    recent = [_run_json(row) for row in recent_syncs(engine, RECENT)]
+    queues = workers = None
+    if client is not None:
+        try:
+            queues, workers = queue_lengths(settings), worker_rss(client)
+        except (redis.RedisError, OSError) as exc:
+            redis_error = f"Redis failed ({type(exc).__name__}: {exc})"
+    if good is not None:
+        good["age_s"] = round((now - int(good["finished_at"])) / 1000.0, 1)
+    health = alerts.Health(
+        now_ms=now, last_phase_ms=phases, hour_good=hour["good"], hour_failed=hour["failed"],
+        last_good_ms=None if good is None else int(good["finished_at"]), first_run_ms=first, worker_rss=workers,
+    )
+    return Status(now, counts, recent, hour, good, health, queues, workers, redis_error)
+
+
+def check(settings: Settings, process: ProcessState, *, now_ms: int | None = None) -> Status:
+    """Load, evaluate the alerts, and record (and log) their transitions in Redis when it answers."""
+    client, error = connect_redis(settings, process)
+    status = load(settings, process, client, now_ms=now_ms, redis_error=error)
+    status.alerts = alerts.evaluate(status.health, alerts.Thresholds.from_settings(settings))
+    if client is not None and status.redis_error is None:
+        try:
+            tracked = alerts.track(client, status.alerts, status.now_ms)
+        except (redis.RedisError, OSError) as exc:
+            status.redis_error = f"Redis failed ({type(exc).__name__}: {exc})"
+        else:
+            status.since, status.tracked = tracked.since, True
+    return status

@@ -1,0 +1,404 @@
+"""The sync's steps, written once: fetch → diff → write, plain functions over one SyncState.
+
+The Celery chain (tasks/sync.py) runs each step in a task of its own and hands the data over through Redis;
+``tokenwatch sync --inline`` (tokenwatch/pipeline.py) runs the very same steps in one process and hands it over
+in memory. ``run_step`` is the only way a step runs: whichever way a step ends (an outcome, a known error, a
+crash), a sync that ended is recorded in sync_runs, its lock released and its outcome logged in ``finish``,
+once, there and nowhere else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import redis
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from tokenwatch import metrics, worker_memory
+from tokenwatch.cache import hot, keys, lock
+from tokenwatch.clock import HOUR_MS, Timer, now_ms, paused_gc
+from tokenwatch.db.queries import load_head, load_registry, sync_run
+from tokenwatch.db.writer import apply_plan, record_outcome, sync_run_row
+from tokenwatch.domain.contracts import RawJson, contract_list, parse_contracts
+from tokenwatch.domain.diff import Plan, build_plan, is_suspect, missing_symbols
+from tokenwatch.domain.registry import RegistryState
+from tokenwatch.errors import (
+    BadResponseError,
+    FetchError,
+    StagingError,
+    StaleSnapshotError,
+    TokenwatchError,
+    TransientFetchError,
+    one_line,
+)
+from tokenwatch.fetch import kucoin
+from tokenwatch.handoff import Handoff
+from tokenwatch.outbox import publish_pending
+from tokenwatch.outcome import COUNT_KEYS, PHASES, SyncStatus
+from tokenwatch.process import ProcessState
+from tokenwatch.settings import Settings
+from tokenwatch.syncstate import SyncState
+
+log = logging.getLogger("tokenwatch.sync")
+
+NAMED = 10  # symbols named per kind of event in the log; the rest are counted
+# At most this many absent symbols are checked one by one per sync; the rest wait for a second absence.
+MAX_CONFIRMATIONS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class StepContext:
+    """What the steps work with: the settings, this process's state, the handoff, and Redis.
+
+    redis is None only on the inline path when Redis does not answer: the sync then runs without the lock and
+    without the hot cache (the database's own checks still refuse a stale or repeated write).
+    """
+
+    settings: Settings
+    process: ProcessState
+    handoff: Handoff
+    redis: redis.Redis | None
+
+    def engine(self, *, writer: bool = False) -> Engine:
+        """This process's engine for the registry."""
+        return self.process.engine(self.settings.database_url, writer=writer)
+
+
+class RetryLater(Exception):
+    """The step wants to run again after delay_s: the chain retries its task, the inline path waits."""
+
+    def __init__(self, state: SyncState, delay_s: float) -> None:
+        super().__init__(f"retry sync {state.sync_id} in {delay_s:.1f} s")
+        self.state = state
+        self.delay_s = delay_s
+
+
+Step = Callable[[StepContext, SyncState], SyncState]
+
+
+# ---- running a step ----------------------------------------------------------------------------------------
+
+def run_step(step: Step, ctx: StepContext, state: SyncState) -> SyncState:
+    """Run step on a sync that is still running; a sync that ends here is finished (recorded, unlocked, logged).
+
+    RetryLater passes through: the sync goes on. Everything else a step raises ends the sync as an outcome.
+    """
+    if state.done:
+        return state
+    try:
+        state = step(ctx, state)
+    except RetryLater:
+        raise
+    except StaleSnapshotError as exc:
+        state.end(SyncStatus.SKIPPED, one_line(exc))
+    except TokenwatchError as exc:
+        state.end(SyncStatus.FAILED, one_line(exc))
+    except redis.RedisError as exc:
+        state.end(SyncStatus.FAILED, f"Redis unavailable: {one_line(exc)}")
+    except SQLAlchemyError as exc:
+        state.end(SyncStatus.FAILED, f"registry database error: {one_line(getattr(exc, 'orig', None) or exc)}")
+    except Exception as exc:  # a bug, or a failure nobody named: still an outcome, never a held lock
+        log.debug("sync %s: the %s step crashed", state.sync_id, step.__name__, exc_info=True)
+        state.end(SyncStatus.FAILED, f"{step.__name__} step crashed: {type(exc).__name__}: {one_line(exc)}")
+    if state.done:
+        finish(ctx, state)
+    return state
+
+
+def finish(ctx: StepContext, state: SyncState) -> None:
+    """What every ended sync gets, once: its sync_runs row completed, its lock released, its lines logged."""
+    if not state.replayed:
+        state.timings["total"] = float(now_ms() - state.started_at)
+    if ctx.redis is not None:
+        try:
+            lock.release(ctx.redis, state.sync_id)
+        except redis.RedisError as exc:
+            log.warning("could not release the sync lock (it expires by itself): %s", one_line(exc))
+    if state.replayed:
+        return  # a redelivered write: the first delivery recorded and logged this sync
+    outcome = state.outcome()
+    try:
+        record_outcome(ctx.engine(writer=True), sync_run_row(
+            state.sync_id, started_at=state.started_at, status=outcome.status, counts=outcome.counts,
+            timings=outcome.timings_ms, error=outcome.error, revision=state.revision,
+        ))
+    except Exception as exc:  # the outcome must still reach the operator when the database is the problem
+        log.error("could not record sync %s in sync_runs: %s", state.sync_id, one_line(exc))
+    log_outcome(state)
+    metrics.record_sync(outcome.status, outcome.timings_ms)
+    worker_memory.report(ctx.settings, ctx.process)
+
+
+def log_outcome(state: SyncState) -> None:
+    """The operator's lines: PERFORMANCE, the counts, the warning or error, and the symbols that changed."""
+    outcome = state.outcome()
+    if not outcome.status.good:
+        if outcome.status is SyncStatus.FAILED:
+            log.error("sync %s failed: %s", outcome.sync_id, outcome.error)
+        else:
+            log.warning("sync %s %s: %s", outcome.sync_id, outcome.status, outcome.error)
+        return
+    t = outcome.timings_ms
+    log.info(
+        "PERFORMANCE: total sync time %.1f ms (api %.1f, db %.1f, process %.1f, batch %.1f, cache %.1f)",
+        t.get("total", 0.0), t.get("api", 0.0), t.get("db_load", 0.0), t.get("process", 0.0),
+        t.get("batch_write", 0.0), t.get("cache", 0.0),
+    )
+    c = outcome.counts
+    log.info(
+        "sync %s %s: %d fetched, %d active, %d listed, %d delisted, %d relisted, %d delisting scheduled, "
+        "%d status changed, %d params changed, %d invalid",
+        outcome.sync_id, outcome.status, c["fetched"], c["active"], c["listed"], c["delisted"], c["relisted"],
+        c["delisting_scheduled"], c["status_changed"], c["params_changed"], c["invalid"],
+    )
+    if outcome.error:
+        log.warning("sync %s: %s", outcome.sync_id, outcome.error)
+    for event_type, label in LOGGED.items():
+        symbols = state.named.get(event_type, [])
+        for symbol in symbols:
+            log.info("%s: %s", label, symbol)
+        more = c.get(event_type, 0) - len(symbols)
+        if more > 0:
+            log.info("... and %d more (%s)", more, label.lower())
+
+
+# The events whose symbols the log names, with the label it names them by.
+LOGGED = {
+    "listed": "NEW LISTING", "delisted": "DELISTED", "relisted": "RELISTED",
+    "delisting_scheduled": "DELISTING SCHEDULED", "status_changed": "STATUS CHANGED",
+}
+
+
+def named_symbols(plan: Plan) -> dict[str, list[str]]:
+    """The first few symbols of each kind of event the log names."""
+    named: dict[str, list[str]] = {}
+    for event in plan.events:
+        symbols = named.setdefault(event.event_type, [])
+        if event.event_type in LOGGED and len(symbols) < NAMED:
+            symbols.append(event.symbol)
+    return {kind: symbols for kind, symbols in named.items() if symbols}
+
+
+# ---- the lock ----------------------------------------------------------------------------------------------
+
+def _take_lock(ctx: StepContext, state: SyncState) -> bool:
+    """Take the sync lock for state's sync; when another sync holds it, end this one as skipped."""
+    if ctx.redis is None or lock.acquire(ctx.redis, state.sync_id):
+        return True
+    state.end(SyncStatus.SKIPPED, f"another sync ({lock.holder(ctx.redis)}) is running")
+    return False
+
+
+def _rearm(ctx: StepContext, state: SyncState) -> None:
+    if ctx.redis is not None:
+        lock.rearm(ctx.redis, state.sync_id)
+
+
+# ---- fetch ---------------------------------------------------------------------------------------------------
+
+def fetch(ctx: StepContext, state: SyncState) -> SyncState:
+    """Take the lock (on the first attempt), call the active-contracts endpoint once, hand the answer on.
+
+    A transient failure raises RetryLater while retries are left; the answer stays undecoded when its envelope
+    plainly says success (the diff step decodes it, once).
+    """
+    if state.attempts == 0:
+        if not _take_lock(ctx, state):
+            return state
+    else:
+        _rearm(ctx, state)
+    settings = ctx.settings
+    state.attempts += 1
+    timer = Timer()
+    try:
+        with paused_gc():
+            fetched = kucoin.fetch_active(
+                ctx.process.http_session(), settings.kucoin_url, timeout_s=settings.http_timeout_s,
+                max_bytes=settings.max_response_bytes, decode=False,
+            )
+    except TransientFetchError as exc:
+        state.add_time("api", timer.ms())
+        retries = settings.http_retries
+        if state.attempts <= retries:
+            delay = kucoin.backoff_delay(state.attempts - 1, exc.retry_after_s)
+            log.warning("fetch failed (%s), retry %d of %d in %.1f s", exc, state.attempts, retries, delay)
+            state.add_time("api", delay * 1000.0)  # waiting to retry is the exchange's time too
+            raise RetryLater(state, delay) from None
+        after = f" after {retries} retries" if retries else ""
+        return state.end(SyncStatus.FAILED, f"fetch failed{after}: {exc}")
+    except FetchError as exc:
+        state.add_time("api", timer.ms())
+        return state.end(SyncStatus.FAILED, f"fetch failed: {one_line(exc)}")
+    state.add_time("api", timer.ms())
+    state.fetched_at_ms = fetched.fetched_at_ms
+    ctx.handoff.put_answer(state.sync_id, fetched.body)
+    return state
+
+
+# ---- diff ------------------------------------------------------------------------------------------------------
+
+def diff(ctx: StepContext, state: SyncState) -> SyncState:
+    """Classify the answer against the registry, stage the next hot cache, hand the plan on."""
+    _rearm(ctx, state)
+    body = ctx.handoff.take_answer(state.sync_id)
+    with paused_gc():
+        plan, entries = _build(ctx, state, body)
+    del body
+    timer = Timer()
+    if ctx.redis is None:
+        state.cache_error = "cache stale: Redis unreachable"
+    else:
+        try:
+            state.cache_size = hot.stage_entries(
+                ctx.redis, keys.cache_key(state.sync_id), entries, plan.missing, ctx.settings.staging_ttl_s,
+            )
+        except redis.RedisError as exc:
+            state.cache_error = f"cache stale: Redis unavailable ({one_line(exc)})"
+    ctx.handoff.put_plan(state.sync_id, plan)
+    state.add_time("cache", timer.ms())
+    state.counts = dict(plan.counts)
+    state.named = named_symbols(plan)
+    return state
+
+
+def _build(ctx: StepContext, state: SyncState, body: bytes | bytearray) -> tuple[Plan, dict[str, RawJson]]:
+    """Load the registry once, parse, confirm absences, classify: the plan and the next cache's entries."""
+    settings = ctx.settings
+    timer = Timer()
+    registry = load_state(ctx)
+    state.add_time("db_load", timer.ms())
+    timer = Timer()
+    fetched_at = state.fetched_at_ms or now_ms()
+    if registry.last_fetched_at is not None and fetched_at <= registry.last_fetched_at:
+        raise StaleSnapshotError(
+            f"snapshot fetched at {fetched_at} is not newer than the applied one ({registry.last_fetched_at})"
+        )
+    items = decode_contract_list(body)
+    parsed = parse_contracts(items, memo=ctx.process.memo)
+    if parsed.invalid:
+        log.warning("skipped %d invalid contracts, first: %s", parsed.invalid, "; ".join(parsed.reasons))
+    missing = missing_symbols(parsed.contracts, registry)
+    still_listed: list[str] = []
+    unconfirmed: list[str] = []
+    confirm_ms = 0.0
+    if missing and not is_suspect(len(parsed.contracts), len(missing), registry.active_count(),
+                                  settings.max_drop_pct):
+        check = Timer()
+        still_listed, unconfirmed = confirm_missing(ctx, missing)
+        confirm_ms = check.ms()
+    plan = build_plan(
+        state.sync_id, parsed.contracts, registry, now_ms=fetched_at,
+        window_ms=int(settings.new_listing_window_h * HOUR_MS), fetched=len(items),
+        invalid=parsed.invalid, max_drop_pct=settings.max_drop_pct, still_listed=still_listed,
+        unconfirmed=unconfirmed,
+    )
+    ctx.process.expect(plan.sync_id, plan.apply_to(registry))
+    # The per-symbol checks are network time: counted in api, not in process.
+    state.add_time("api", confirm_ms)
+    state.add_time("process", timer.ms() - confirm_ms)
+    # The cache holds each contract's JSON exactly as the exchange sent it: no re-encoding.
+    return plan, {symbol: c.raw for symbol, c in parsed.contracts.items()}
+
+
+def load_state(ctx: StepContext) -> RegistryState:
+    """The registry to diff against: this process's own when it may be trusted, else one read of the database."""
+    engine = ctx.engine()
+    return ctx.process.trusted_registry(load_head(engine)) or load_registry(engine)
+
+
+def decode_contract_list(body: bytes | bytearray) -> Sequence[RawJson]:
+    """One JSON text per contract out of an active-contracts envelope already checked by the fetch step."""
+    data = contract_list(body)
+    if data is None:
+        raise BadResponseError("staged snapshot holds no contract list")
+    return data
+
+
+def confirm_missing(ctx: StepContext, missing: list[str]) -> tuple[list[str], list[str]]:
+    """Ask the exchange about each absent symbol: (still listed and Open, could not be checked)."""
+    settings = ctx.settings
+    still_listed: list[str] = []
+    unconfirmed = list(missing[MAX_CONFIRMATIONS:])
+    for symbol in missing[:MAX_CONFIRMATIONS]:
+        try:
+            status = kucoin.contract_status(ctx.process.http_session(), settings.kucoin_url, symbol,
+                                            timeout_s=settings.http_timeout_s)
+        except FetchError as exc:
+            log.warning("could not confirm that %s is gone (%s): waiting for a second absence", symbol, exc)
+            unconfirmed.append(symbol)
+            continue
+        if status == "Open":
+            log.warning("%s was missing from the list but is still Open: a flaky omission, kept active", symbol)
+            still_listed.append(symbol)
+    return still_listed, unconfirmed
+
+
+# ---- write -----------------------------------------------------------------------------------------------------
+
+def write(ctx: StepContext, state: SyncState) -> SyncState:
+    """Commit the plan in one transaction, swap the staged cache in, publish the committed events.
+
+    A redelivered write finds its sync applied (the plan consumed, or its sync id recorded in the transaction)
+    and changes nothing; it still completes what a first delivery that died may have left undone.
+    """
+    _rearm(ctx, state)
+    engine = ctx.engine(writer=True)
+    try:
+        plan = ctx.handoff.take_plan(state.sync_id)
+    except StagingError:
+        applied = recorded_state(engine, state.sync_id)
+        if applied is None:
+            raise
+        _publish_events(ctx, engine)
+        return applied
+    timer = Timer()
+    result = apply_plan(engine, plan, batch_size=ctx.settings.batch_size, started_at=state.started_at,
+                        timings=state.timings)
+    state.add_time("batch_write", timer.ms())
+    state.revision = result.revision
+    if not result.duplicate:
+        ctx.process.committed(plan.sync_id)
+    timer = Timer()
+    if ctx.redis is not None and state.cache_size is not None:
+        try:
+            hot.publish(ctx.redis, keys.cache_key(state.sync_id), result.revision, state.cache_size)
+        except (redis.RedisError, LookupError) as exc:
+            state.cache_error = f"cache stale: {one_line(exc)}"
+        else:
+            # Also on a redelivered write: events committed by a first delivery that died before publishing.
+            _publish_events(ctx, engine)
+        with contextlib.suppress(redis.RedisError):  # the staging keys expire by themselves
+            ctx.handoff.discard(state.sync_id)
+    state.add_time("cache", timer.ms())
+    if result.duplicate:
+        return recorded_state(engine, state.sync_id) or state.end(plan.status, plan.warning)
+    return state.end(plan.status, plan.warning)
+
+
+def _publish_events(ctx: StepContext, engine: Engine) -> None:
+    """Append committed events to the stream; on failure they go out after the next commit."""
+    if ctx.redis is None:
+        return
+    try:
+        publish_pending(engine, ctx.redis)
+    except (redis.RedisError, SQLAlchemyError) as exc:
+        log.warning("events not published yet (%s): they follow after the next commit", one_line(exc))
+
+
+def recorded_state(engine: Engine, sync_id: str) -> SyncState | None:
+    """The state of a sync that was applied, as its sync_runs row recorded it (replayed); else None."""
+    row = sync_run(engine, sync_id)
+    if row is None or row["revision"] is None:
+        return None
+    return SyncState(
+        sync_id, int(row["started_at"]), SyncStatus(row["status"]), row["error"], revision=int(row["revision"]),
+        replayed=True, counts={k: int(row[k]) for k in COUNT_KEYS},
+        timings={p: float(row[f"{p}_ms"]) for p in PHASES if row[f"{p}_ms"] is not None},
+    )
+
+
+STEPS: tuple[Step, ...] = (fetch, diff, write)
