@@ -43,7 +43,7 @@ def stage_entries(
 
 
 # One round trip, atomic: readers see the old hash and version or the new ones, never a mix. UNLINK frees the
-# old hash in Redis's background thread instead of inside the swap (100,000 entries take tens of ms to free).
+# old hash in Redis's background thread instead of inside the swap, where a large hash would take long to free.
 # KEYS[4..]: staging keys the caller has consumed (the applied plan), dropped in the same round trip.
 _PUBLISH = """
 local function swap()

@@ -1,53 +1,45 @@
 """One sync at a time: a Redis lock shared by beat-triggered and manual syncs, owned by the sync id.
 
-redis-py's Lock gives a token, a TTL and owner-only release; the token is the sync id, so the write step,
-in another process, can release the lock that the fetch step took.
+The lock is the key ``tokenwatch:sync:lock`` holding the sync id, with a TTL. Taking it is one SET NX; renewing
+and releasing it compare the holder first, in one script each, so a step in another process (the write step
+releases what the fetch step took) never renews or releases another sync's lock.
 """
 
 from __future__ import annotations
 
 import redis
-from redis.exceptions import LockError
-from redis.lock import Lock
 
 from tokenwatch.cache import keys
 
 # Longer than the longest sync (each step re-arms it): a crashed worker blocks syncs for at most this long.
 LOCK_TTL_S = 300
 
-
-def _lock(client: redis.Redis, ttl_s: float) -> Lock:
-    lock = Lock(client, keys.SYNC_LOCK, timeout=ttl_s, blocking=False, thread_local=False)
-    return lock
+# KEYS[1]: the lock; ARGV[1]: the sync id that must hold it; ARGV[2]: the new TTL in ms (renew only).
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 def acquire(client: redis.Redis, sync_id: str, ttl_s: float = LOCK_TTL_S) -> bool:
     """Take the lock for sync_id; True also when sync_id already holds it (a redelivered step)."""
-    # The lock is usually free: one SET NX, and the holder is read only when that fails.
-    if _lock(client, ttl_s).acquire(blocking=False, token=sync_id):
+    if client.set(keys.SYNC_LOCK, sync_id, nx=True, px=int(ttl_s * 1000)):
         return True
-    return holder(client) == sync_id and rearm(client, sync_id, ttl_s)
+    return rearm(client, sync_id, ttl_s)
 
 
 def rearm(client: redis.Redis, sync_id: str, ttl_s: float = LOCK_TTL_S) -> bool:
-    """Reset the TTL if sync_id still owns the lock; False when it does not."""
-    lock = _lock(client, ttl_s)
-    lock.local.token = sync_id.encode()
-    try:
-        return bool(lock.extend(ttl_s, replace_ttl=True))
-    except LockError:
-        return False
+    """Reset the TTL if sync_id still holds the lock; False when it does not."""
+    return bool(client.eval(_RENEW, 1, keys.SYNC_LOCK, sync_id, int(ttl_s * 1000)))
 
 
 def release(client: redis.Redis, sync_id: str) -> bool:
-    """Release the lock if sync_id owns it; never releases another sync's lock."""
-    lock = _lock(client, LOCK_TTL_S)
-    lock.local.token = sync_id.encode()
-    try:
-        lock.release()
-    except LockError:
-        return False
-    return True
+    """Release the lock if sync_id holds it; never releases another sync's lock."""
+    return bool(client.eval(_RELEASE, 1, keys.SYNC_LOCK, sync_id))
 
 
 def holder(client: redis.Redis) -> str | None:

@@ -9,51 +9,7 @@ import redis
 from typing_extensions import Buffer
 
 SOCKET_TIMEOUT_S = 5.0
-SEND_AS_IS = 64 * 1024  # arguments larger than this are sent as they are, never copied into a buffer
 
-
-class CommandPacker:
-    """RESP command packing with one join per command (hiredis still parses the replies).
-
-    redis-py's packers are slow for our large commands: hiredis's copies every argument into one buffer
-    (an 8 MB SET: 24 ms and +23 MB peak), the pure-Python one re-joins a growing buffer per argument (an
-    HSET of 530 contracts: 3.4 ms). Here each argument is touched once, and large ones are not copied.
-    """
-
-    def __init__(self, encode: Callable[[Any], bytes | memoryview], str_encoding: str | None = "utf-8") -> None:
-        self.encode = encode
-        # Keys and small values are mostly str: encoded here directly when the encoder would do just that.
-        self.str_encoding = str_encoding
-
-    def pack(self, *args: Any) -> list[bytes | memoryview]:
-        """The command as pieces for sendall, as redis-py's own packers return it."""
-        # A command name may carry its subcommand ("CONFIG GET"): Redis wants them as separate arguments.
-        if isinstance(args[0], str):
-            args = (*args[0].encode().split(), *args[1:])
-        elif b" " in args[0]:
-            args = (*args[0].split(), *args[1:])
-        encode, str_encoding = self.encode, self.str_encoding
-        output: list[bytes | memoryview] = []
-        pieces: list[bytes | memoryview] = [b"*%d\r\n" % len(args)]
-        for value in args:
-            kind = type(value)  # most of a big command is bytes and str
-            if kind is bytes:
-                arg: bytes | memoryview = value
-                size = len(value)
-            elif kind is str and str_encoding is not None:
-                arg = value.encode(str_encoding)
-                size = len(arg)
-            else:
-                arg = encode(value)
-                size = arg.nbytes if isinstance(arg, memoryview) else len(arg)
-            if size > SEND_AS_IS:
-                pieces.append(b"$%d\r\n" % size)
-                output += (b"".join(pieces), arg)
-                pieces = [b"\r\n"]
-            else:
-                pieces += (b"$%d\r\n" % size, arg, b"\r\n")
-        output.append(b"".join(pieces))
-        return output
 
 def to_redis_py_url(url: str) -> str:
     """redis-py spells a unix socket unix:///path; kombu spells it redis+socket:///path."""
@@ -76,15 +32,12 @@ def make_redis(url: str) -> redis.Redis:
         to_redis_py_url(url), socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S,
         health_check_interval=30, retry_on_timeout=False,
     )
-    encoder = pool.get_encoder()
-    plain = encoder.encoding_errors == "strict"
-    pool.connection_kwargs["command_packer"] = CommandPacker(encoder.encode, encoder.encoding if plain else None)
     return redis.Redis(connection_pool=pool)
 
 
 def pack_hset(key: str, pairs: Sequence[tuple[str, Buffer]]) -> bytes:
     """One HSET of pairs as RESP, in one join: the cache staging's hot loop, without the generic packer's
-    per-argument checks and the copy of each value to bytes (5,000 contracts: about 2.5 ms less)."""
+    per-argument checks and the copy of each value to bytes."""
     name = key.encode()
     parts: list[Buffer] = [b"*%d\r\n$4\r\nHSET\r\n$%d\r\n%s\r\n" % (2 + 2 * len(pairs), len(name), name)]
     for field_name, value in pairs:
@@ -98,7 +51,10 @@ def stream(client: redis.Redis, commands: Callable[[], Iterable[Sequence[Any] | 
     """Send commands on one connection without waiting for replies, then read them all; returns the raw replies.
 
     A pipeline packs every command before it sends the first; here each is packed while Redis runs the one
-    before it (a 5,000-contract cache: 10 ms against 19 ms), and only one is held in this process at a time.
+    before it, and only one is held in this process at a time. This is the one shortcut past redis-py's
+    pipeline that tokenwatch keeps: without it the steady 5,000-contract write misses its target against the
+    source system (benchmarks/README.md). It uses only the public methods of redis-py's ConnectionPool and
+    Connection, from 5.3 (get_connection without arguments) to 8.x, and the tests run at both ends.
     The first error reply is raised once every reply is read. On a lost connection redis-py's retry policy
     sends the whole stream again, so commands is a factory and the stream must be safe to repeat. A command
     given as bytes is sent as it is (already packed, as pack_hset does).

@@ -8,16 +8,22 @@ import redis
 
 from tokenwatch.errors import StagingError
 
-# Large payloads are read back in slices of this size: reading megabytes in one reply makes the reply
-# parser hold the payload twice more while it builds the result.
+# Large payloads are written and read back in slices of this size: one command or reply of megabytes makes
+# the packer or the reply parser hold another copy or two of the whole payload.
 READ_CHUNK = 1 << 20
 
 Payload = bytes | bytearray
 
 
 def put(client: redis.Redis, key: str, payload: Payload, ttl_s: int) -> None:
-    """Store payload under key for ttl_s seconds."""
-    client.set(key, payload if isinstance(payload, bytes) else memoryview(payload), ex=ttl_s)
+    """Store payload under key for ttl_s seconds, sent in slices so that packing a command never copies it whole."""
+    view = memoryview(payload)
+    pipe = client.pipeline(transaction=True)  # readers see the whole payload or none of it
+    pipe.delete(key)
+    for offset in range(0, len(view), READ_CHUNK):
+        pipe.append(key, view[offset:offset + READ_CHUNK])
+    pipe.expire(key, ttl_s)
+    pipe.execute()
 
 
 def take(client: redis.Redis, key: str) -> Payload:

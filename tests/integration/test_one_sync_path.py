@@ -110,7 +110,7 @@ def test_inline_and_chain_store_the_same_for_the_same_exchange(
             lambda: (sim.set_params(perps[5], maxLeverage=7, tickSize=0.5), sim.tick()),
             lambda: (sim.relist([perps[0]]), sim.resume([perps[2]])),
             lambda: sim.inject("omit", symbols=[perps[6]], count=2),  # absent, checked, still Open: kept
-            lambda: sim.tick(),
+            sim.tick,
         ]
         statuses = []
         for change in script:

@@ -1,4 +1,4 @@
-"""cache.redis_client.CommandPacker and pack_hset: byte-for-byte the protocol redis-py's own packer writes."""
+"""cache.redis_client.pack_hset: byte for byte the protocol redis-py's own packer writes for the same HSET."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import pytest
 import redis
 from redis.connection import PythonRespSerializer
 
-from tokenwatch.cache.redis_client import SEND_AS_IS, CommandPacker, pack_hset
+from tokenwatch.cache.redis_client import pack_hset
+
+BIG = b"x" * (64 * 1024 + 1)
 
 
 def _encode(value: Any) -> bytes | memoryview:
@@ -17,35 +19,6 @@ def _encode(value: Any) -> bytes | memoryview:
 
 def _wire(pieces: list[Any]) -> bytes:
     return b"".join(bytes(piece) for piece in pieces)
-
-
-BIG = b"x" * (SEND_AS_IS + 1)
-
-
-@pytest.mark.parametrize("args", [
-    ("PING",),
-    ("SET", "key", b"value", "EX", 30),
-    ("CONFIG GET", "maxmemory"),  # a subcommand inside the name
-    (b"CLIENT SETNAME", b"tw"),
-    ("HSET", "h", "a", b"1", "b", 2.5, "c", 3, "\u00e9", "\u00e9"),
-    ("SET", "big", BIG),
-    ("SET", "view", memoryview(bytearray(BIG))),
-    ("HSET", "h", *[x for i in range(2000) for x in (f"S{i}", b'{"k":%d}' % i)]),
-    ("SET", "empty", b""),
-])
-@pytest.mark.parametrize("str_encoding", ["utf-8", None])  # None: every str goes through the encoder
-def test_the_same_bytes_as_redis_py(args: tuple[Any, ...], str_encoding: str | None) -> None:
-    ours = CommandPacker(_encode, str_encoding).pack(*args)
-    theirs = PythonRespSerializer(6000, _encode).pack(*args)
-    assert _wire(ours) == _wire(theirs)
-
-
-def test_large_arguments_are_sent_as_they_are() -> None:
-    view = memoryview(bytearray(BIG))
-    pieces = CommandPacker(_encode).pack("SET", "k", BIG, view)
-    assert any(piece is BIG for piece in pieces)
-    assert any(piece is view for piece in pieces)
-    assert all(len(piece) <= SEND_AS_IS + 64 for piece in pieces if piece is not BIG and piece is not view)
 
 
 @pytest.mark.parametrize("pairs", [
