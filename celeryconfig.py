@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+from celery.app.defaults import DEFAULTS
 from celery.schedules import crontab
 
 from tokenwatch.cache.redis_client import to_kombu_url
@@ -16,12 +17,12 @@ from tokenwatch.tasks.names import CHECK_ALERTS, DB_OPTIMIZE, DB_VACUUM, PRUNE_S
 _settings = get_settings()
 
 # Without TOKENWATCH_REDIS_URL, workers and `celery call` use the embedded server `tokenwatch run` starts.
-redis_url = _settings.effective_redis_url()
+_redis_url = _settings.effective_redis_url()
 
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-url
-broker_url = to_kombu_url(redis_url)
+broker_url = to_kombu_url(_redis_url)
 # The CLI waits on a chain's outcome: results go to the same Redis.
-result_backend = to_kombu_url(redis_url)
+result_backend = to_kombu_url(_redis_url)
 # Readable, safe messages: JSON only; pickle is refused on the way in and out.
 task_serializer = "json"
 result_serializer = "json"
@@ -84,6 +85,6 @@ beat_schedule_filename = os.path.join(_settings.data_dir, "celerybeat-schedule")
 
 if __name__ == "__main__":
     for name, value in sorted(globals().items()):
-        if name.islower() and not name.startswith("_") and not callable(value) and name != "os":
+        if name in DEFAULTS:  # Celery's own setting names only
             shown = redact_url(value) if isinstance(value, str) and "://" in value else value
             print(f"{name} = {shown!r}")

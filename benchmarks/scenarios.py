@@ -1,7 +1,7 @@
 """One measured sync, run in a fresh child process, then the references on the same rows.
 
-The sync is tokenwatch.pipeline.sync_inline: the pipeline's own stage functions (fetch_snapshot, build, write,
-stage_cache + publish_cache, finish) in its own order, with the phase timings it reports itself.
+The sync is tokenwatch.pipeline.run_inline: the chain's own steps (fetch, diff, write, in tokenwatch/steps.py)
+run in this process, with the phase timings the sync reports itself.
 
 The parent (benchmarks/run.py) prepares the pre-state (database file, Redis hash, simulator) and starts
 ``measure`` in a spawned process (benchmarks/child.py), so the peak RSS read here is this sync's alone.
@@ -85,7 +85,7 @@ class Measurement:
     phases: dict[str, float]
     decode_ms: dict[str, float]  # time in JSON decoders within the api phase (the fetch) and the process phase
     db_load_cold_ms: float | None  # the previous sync's db_load: a full load_registry (None for cold)
-    db_load_warm: bool  # build() found the in-process registry snapshot
+    db_load_warm: bool  # the diff step could trust the in-process registry (ProcessState.trusted_registry)
     warmup_ms: float  # the rolled-back first use of the write statements
     counts: dict[str, int]
     status: str

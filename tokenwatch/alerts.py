@@ -56,7 +56,7 @@ class Thresholds:
 
 @dataclass(frozen=True, slots=True)
 class Health:
-    """What the alerts look at; status.py loads it from SQLite and Redis.
+    """What the alerts look at; tokenwatch/health.py loads it from SQLite and Redis.
 
     last_phase_ms: per phase (api, batch_write, total, ...), the time of the newest sync that is not skipped
     and recorded that phase. hour_good / hour_failed: syncs of the last hour (skipped ones are not counted).

@@ -8,12 +8,13 @@ import logging
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from enum import IntEnum
+from typing import Any, NoReturn
 
 import redis
 
 from tokenwatch.clock import HOUR_MS, now_ms
-from tokenwatch.errors import TokenwatchError, one_line
+from tokenwatch.errors import ConfigError, TokenwatchError, one_line
 from tokenwatch.outcome import Outcome, SyncStatus
 from tokenwatch.process import current
 from tokenwatch.settings import Settings, get_settings
@@ -176,9 +177,27 @@ def cmd_simulate(_settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+class Exit(IntEnum):
+    """The exit status of every command (README: Command line)."""
+
+    OK = 0
+    FAILED = 1  # the command could not do its job: a sync failed, the registry or Redis could not be read
+    ALERT = 2  # `status` only: the registry was read and an alert stands
+    USAGE = 64  # the command line is wrong (sysexits' EX_USAGE)
+    CONFIG = 78  # a TOKENWATCH_* setting is invalid (sysexits' EX_CONFIG)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, exiting with Exit.USAGE on a wrong command line (argparse's own 2 would read as an alert)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(Exit.USAGE, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="tokenwatch", description=__doc__)
+    parser = Parser(prog="tokenwatch", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -233,9 +252,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = get_settings()
         return int(args.func(settings, args))
+    except ConfigError as exc:
+        print(f"tokenwatch: {exc}", file=sys.stderr)
+        return Exit.CONFIG
     except TokenwatchError as exc:
         print(f"tokenwatch: {exc}", file=sys.stderr)
-        return 2
+        return Exit.FAILED
     except KeyboardInterrupt:
         return 130
 
