@@ -30,7 +30,8 @@ from benchmarks.warm import CallTimer, JsonTimer, vm_status, warm_writer
 from tokenwatch import pipeline, process
 from tokenwatch.cache import keys
 from tokenwatch.clock import Timer
-from tokenwatch.db.engine import init_db, make_engine
+from tokenwatch.db import migrate
+from tokenwatch.db.engine import make_engine
 from tokenwatch.db.queries import load_head
 from tokenwatch.domain import contracts
 from tokenwatch.domain.diff import Plan
@@ -172,7 +173,7 @@ def _reference(job: Job, name: str, rows: references.Rows, client: redis.Redis, 
     remove_db(path)
     if prestate is None:
         engine = make_engine(f"sqlite:///{path}")
-        init_db(engine)
+        migrate.upgrade(engine)
         engine.dispose()
     else:
         shutil.copyfile(prestate, path)

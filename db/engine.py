@@ -6,13 +6,13 @@ import os
 import sqlite3
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, insert, select
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine.url import make_url
 from sqlalchemy.exc import DBAPIError
 
+from tokenwatch.db import migrate
 from tokenwatch.db.locking import describe, with_lock_retry
-from tokenwatch.db.schema import metadata, registry_state, tokens
-from tokenwatch.errors import WriteError
+from tokenwatch.errors import RegistryMissingError, TokenwatchError, WriteError
 
 BUSY_TIMEOUT_MS = 2_000
 # SQLite's default page cache and no memory map: each sync appends history and sync-run pages, and a larger
@@ -40,7 +40,7 @@ def sqlite_path(database_url: str) -> str | None:
 def make_engine(database_url: str, *, writer: bool = False) -> Engine:
     """An engine whose connections use our pragmas; a writer's transactions start with BEGIN IMMEDIATE."""
     path = sqlite_path(database_url)
-    if path:
+    if path and writer:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     engine = create_engine(database_url, connect_args={"check_same_thread": False})
 
@@ -62,34 +62,36 @@ def make_engine(database_url: str, *, writer: bool = False) -> Engine:
     return engine
 
 
-def _live_view() -> str:
-    columns = ",\n  ".join(
-        "CASE WHEN t.status = 'active' AND t.missing_since IS NULL AND s.last_fetched_at > t.last_seen "
-        "THEN s.last_fetched_at ELSE t.last_seen END AS last_seen" if column == "last_seen" else f"t.{column}"
-        for column in (c.name for c in tokens.columns)
-    )
-    return (
-        "CREATE VIEW IF NOT EXISTS tokens_live AS\nSELECT\n  " + columns
-        + "\nFROM tokens AS t CROSS JOIN registry_state AS s WHERE s.id = 1"
-    )
-
-
-def init_db(engine: Engine) -> None:
-    """Create tables, indices and the tokens_live view if missing, and the single registry_state row."""
-    metadata.create_all(engine)
-    with engine.begin() as conn:
-        # tokens with last_seen resolved: the stored value is only rewritten when a row changes.
-        conn.exec_driver_sql(_live_view())
-        if conn.execute(select(registry_state.c.id)).first() is None:
-            conn.execute(insert(registry_state).values(id=1, revision=0))
-
-
-def open_engine(database_url: str, *, writer: bool = False) -> Engine:
-    """An engine for the URL with the schema in place (created if missing; a locked file is retried)."""
+def open_engine(database_url: str, *, writer: bool = False, create: bool | None = None) -> Engine:
+    """An engine for the URL whose registry has this release's schema. A missing registry is created when create
+    (default: for a writer), else refused (RegistryMissingError); a schema behind or ahead is SchemaError; a
+    locked file is retried."""
+    create = writer if create is None else create
+    if not writer and create:
+        upgrade_registry(database_url, only_if_missing=True)  # created under a writer's lock, then read
+    elif not writer and (path := sqlite_path(database_url)) is not None and not os.path.exists(path):
+        # SQLite would create an empty file (and its folder) on connecting: a reader must leave no trace.
+        raise RegistryMissingError(f"no registry at {path}: run `tokenwatch run` or `tokenwatch sync` first")
     engine = make_engine(database_url, writer=writer)
     try:
-        with_lock_retry(lambda: init_db(engine))
+        with_lock_retry(lambda: migrate.check(engine, create=create))
     except DBAPIError as exc:
         engine.dispose()
-        raise WriteError(f"database unavailable: {describe(exc)}") from exc
+        raise WriteError(f"registry database unavailable: {describe(exc)}") from exc
+    except TokenwatchError:
+        engine.dispose()
+        raise
     return engine
+
+
+def upgrade_registry(database_url: str, *, only_if_missing: bool = False) -> tuple[str | None, str]:
+    """Create or upgrade the registry at the URL to this release's schema (tokenwatch db upgrade, tokenwatch run);
+    returns (the revision before, the revision after). only_if_missing creates a missing registry and leaves an
+    existing one as it is. A locked database is retried, then WriteError."""
+    engine = make_engine(database_url, writer=True)
+    try:
+        return with_lock_retry(lambda: migrate.upgrade(engine, only_if_missing=only_if_missing))
+    except DBAPIError as exc:
+        raise WriteError(f"registry database unavailable: {describe(exc)}") from exc
+    finally:
+        engine.dispose()

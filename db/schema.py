@@ -1,4 +1,5 @@
-"""The registry schema. Table, column and index names are part of tokenwatch's interface."""
+"""The registry schema as this release reads and writes it. Table, column and index names are part of
+tokenwatch's interface. Schema changes go through a migration (db/migrations/versions), never only here."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.types import TypeEngine
@@ -36,7 +38,7 @@ tokens = Table(
     Column("symbol", Text, primary_key=True),
     Column("status", Text, nullable=False),  # active | delisted
     Column("contract_status", Text, nullable=False),  # as KuCoin says: Open, Paused, ...
-    Column("is_new", Boolean, nullable=False, server_default=text("0")),
+    Column("is_new", Boolean, nullable=False, server_default=false()),
     Column("listed_at", BigInteger),
     Column("first_seen", BigInteger, nullable=False),
     Column("last_seen", BigInteger, nullable=False),
@@ -44,8 +46,9 @@ tokens = Table(
     Column("missing_since", BigInteger),  # absent once, check failed: the next absence confirms
     *(Column(column, _TYPES[kind]) for _, column, kind in METADATA_FIELDS),
     Index("ix_tokens_status_last_seen", "status", text("last_seen DESC")),
-    Index("ix_tokens_new", text("first_seen DESC"), sqlite_where=text("is_new = 1")),
-    Index("ix_tokens_active", "symbol", sqlite_where=text("status = 'active'")),
+    Index("ix_tokens_new", text("first_seen DESC"), sqlite_where=text("is_new = 1"), postgresql_where=text("is_new")),
+    Index("ix_tokens_active", "symbol", sqlite_where=text("status = 'active'"),
+          postgresql_where=text("status = 'active'")),
     Index("ix_tokens_base_currency", "base_currency"),
 )
 
@@ -78,7 +81,7 @@ sync_runs = Table(
     Index("ix_sync_runs_finished", text("finished_at DESC")),
 )
 
-# One row: the revision of the registry and the snapshot it was built from.
+# One row: which registry this is, its revision and the sync (and snapshot) that made it.
 registry_state = Table(
     "registry_state",
     metadata,
@@ -88,4 +91,8 @@ registry_state = Table(
     Column("last_fetched_at", BigInteger),
     # token_history.id of the last event appended to the Redis stream (the outbox cursor).
     Column("last_event_id", Integer, nullable=False, server_default=text("0")),
+    # Random, made with the registry: the cache and the stream carry it, so another registry's are told apart.
+    Column("registry_id", Text),
+    # A mass change held back as suspect, as JSON: applied when the next sync sees the same (domain/diff.py).
+    Column("pending_change", Text),
 )

@@ -170,6 +170,19 @@ def cmd_db_check(settings: Settings, args: argparse.Namespace) -> int:
     return run_db_check(settings, as_json=args.json)
 
 
+def cmd_db_upgrade(settings: Settings, _args: argparse.Namespace) -> int:
+    from tokenwatch.db.engine import upgrade_registry  # noqa: PLC0415
+
+    before, after = upgrade_registry(settings.database_url)
+    if before == after:
+        print(f"registry schema already at {after}: nothing to do")
+    elif before is None:
+        print(f"registry created at schema {after}")
+    else:
+        print(f"registry schema upgraded {before} -> {after}")
+    return Exit.OK
+
+
 def cmd_simulate(_settings: Settings, args: argparse.Namespace) -> int:
     from tokenwatch.simulator.server import serve_forever_cli  # noqa: PLC0415
 
@@ -231,8 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("db", help="database checks")
+    p = sub.add_parser("db", help="database upkeep: schema upgrade and checks")
     db_sub = p.add_subparsers(dest="db_command", required=True)
+    p = db_sub.add_parser("upgrade", help="bring the registry's schema to this release's (creates it if missing)")
+    p.set_defaults(func=cmd_db_upgrade)
     p = db_sub.add_parser("check", help="integrity, file sizes, row counts and the plan of every query")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_db_check)

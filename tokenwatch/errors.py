@@ -7,7 +7,9 @@
      │    └── BadResponseError      HTML, truncated or non-JSON body, error code, oversized body
      ├── StagingError         a staged snapshot or plan is gone from Redis (expired or flushed)
      ├── StaleSnapshotError   the snapshot is older than the one already applied
-     └── WriteError           the database transaction failed and was rolled back
+     ├── WriteError           the database transaction failed and was rolled back
+     ├── RegistryMissingError a command that only reads found no registry where it was pointed
+     └── SchemaError          the registry's schema is not this release's (behind: upgrade; ahead: newer release)
 """
 
 from __future__ import annotations
@@ -51,6 +53,14 @@ class StaleSnapshotError(TokenwatchError):
 
 class WriteError(TokenwatchError):
     """The registry write failed; the transaction was rolled back."""
+
+
+class RegistryMissingError(TokenwatchError):
+    """There is no registry at the configured database URL (only a writer creates one)."""
+
+
+class SchemaError(TokenwatchError):
+    """The registry's schema is behind this release's (run `tokenwatch db upgrade`) or unknown to it."""
 
 
 def one_line(exc: BaseException) -> str:

@@ -52,12 +52,13 @@ class ProcessState:
 
     # ---- connections, made lazily ---------------------------------------------------------------------------
 
-    def engine(self, database_url: str, *, writer: bool = False) -> Engine:
-        """This process's engine for the URL (a writer's transactions begin IMMEDIATE)."""
+    def engine(self, database_url: str, *, writer: bool = False, create: bool | None = None) -> Engine:
+        """This process's engine for the URL (a writer's transactions begin IMMEDIATE); create makes a missing
+        registry (default: for a writer only; see db.engine.open_engine)."""
         key = (database_url, writer)
         engine = self.engines.get(key)
         if engine is None:
-            engine = self.engines[key] = open_engine(database_url, writer=writer)
+            engine = self.engines[key] = open_engine(database_url, writer=writer, create=create)
         return engine
 
     def redis(self, url: str) -> redis.Redis:

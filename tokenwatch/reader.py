@@ -83,6 +83,8 @@ def contract_from_row(row: Mapping[Any, Any]) -> Contract:
         value = row[column]
         if kind == "list" and isinstance(value, str):
             value = value.split(",") if value else []  # stored sorted and comma-joined
+        elif kind == "bool" and value is not None:
+            value = bool(value)  # SQLite keeps 0 and 1: as KuCoin sends it, whatever read the row
         contract[key] = value
     return contract
 

@@ -12,6 +12,7 @@ from types import FrameType
 from wsgiref.simple_server import WSGIServer
 
 from tokenwatch import metrics, process
+from tokenwatch.db.engine import upgrade_registry
 from tokenwatch.embedded import EmbeddedRedis
 from tokenwatch.errors import ConfigError
 from tokenwatch.settings import ENV_PREFIX, Settings, redact_url
@@ -68,6 +69,8 @@ class Runner:
         signal.signal(signal.SIGTERM, self._on_signal)
         env = dict(os.environ)
         try:
+            # Before any worker starts: the registry created, or upgraded in place (under its write lock).
+            upgrade_registry(self.settings.database_url)
             if self.settings.redis_url is None:
                 self.redis = EmbeddedRedis(self.settings.embedded_socket(), self.settings.data_dir).start()
                 env[ENV_PREFIX + "REDIS_URL"] = self.redis.url

@@ -64,8 +64,8 @@ class StepContext:
     redis: redis.Redis | None
 
     def engine(self, *, writer: bool = False) -> Engine:
-        """This process's engine for the registry."""
-        return self.process.engine(self.settings.database_url, writer=writer)
+        """This process's engine for the registry; a sync creates the registry it is the first to write."""
+        return self.process.engine(self.settings.database_url, writer=writer, create=True)
 
 
 class RetryLater(Exception):

@@ -58,9 +58,10 @@ def test_the_wheel_installs_one_import_root(wheel: Path) -> None:
     # The top-level folders ship inside it, whole.
     for package in ("db", "cache", "domain", "fetch", "tasks", "workers"):
         shipped = {n.split("/", 2)[2] for n in names if n.startswith(f"tokenwatch/{package}/") and n.endswith(".py")}
-        on_disk = {p.name for p in (ROOT / package).glob("*.py")}
+        on_disk = {str(p.relative_to(ROOT / package)) for p in (ROOT / package).rglob("*.py")}
         assert shipped == on_disk, package
     assert "tokenwatch/celeryconfig.py" in names
+    assert "tokenwatch/db/migrations/script.py.mako" in names  # `alembic revision` works on an installed copy
 
 
 BOT = {

@@ -156,6 +156,7 @@ def test_status_shows_queue_depths_and_survives_an_unreachable_redis(stack: Stac
     stack.env["TOKENWATCH_KUCOIN_URL"] = sim.url
     celery_call(stack, "tokenwatch.sync")  # no worker: the messages wait
     celery_call(stack, "tokenwatch.sync")
+    assert stack.tokenwatch("db", "upgrade").returncode == 0  # the registry, created as `tokenwatch run` does
     code, report, _ = status(stack)
     assert code == 0  # nothing recorded yet: no alert
     assert report["queues"] == {"fetch": 2, "db": 0}
@@ -265,6 +266,7 @@ def test_queue_depths_count_every_priority_level(stack: Stack) -> None:
         for queue, priority in (("fetch", 0), ("fetch", 0), ("fetch", 9), ("db", 3)):
             producer.publish({"n": 1}, routing_key=queue, declare=[Queue(queue)], priority=priority)
     assert len(stack.redis.keys("fetch*")) == 2  # kombu keeps each priority level in a list of its own
+    assert stack.tokenwatch("db", "upgrade").returncode == 0
     code, report, _ = status(stack)
     assert code == 0
     assert report["queues"] == {"fetch": 3, "db": 1}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import sqlite3
 import threading
 import time
@@ -17,7 +18,8 @@ from sqlalchemy.exc import IntegrityError
 
 import tokenwatch.db.engine
 import tokenwatch.db.locking
-from tokenwatch.db.engine import BUSY_TIMEOUT_MS, CACHE_KIB, MMAP_BYTES, init_db, make_engine, sqlite_path
+from tokenwatch.db import migrate
+from tokenwatch.db.engine import BUSY_TIMEOUT_MS, CACHE_KIB, MMAP_BYTES, make_engine, sqlite_path
 from tokenwatch.db.queries import load_registry
 from tokenwatch.db.writer import WriteResult, apply_plan
 from tokenwatch.domain.contracts import Contract, parse_contracts
@@ -39,7 +41,7 @@ NULL: Any = None
 
 def make(tmp_path: Any) -> Engine:
     engine = make_engine(f"sqlite:///{tmp_path}/t.db", writer=True)
-    init_db(engine)
+    migrate.upgrade(engine)
     return engine
 
 
@@ -182,16 +184,19 @@ def test_tables_and_named_indices_exist(engine: Engine) -> None:
     assert state == [(1, 0, None)]
 
 
-def test_init_db_is_idempotent(engine: Engine) -> None:
-    init_db(engine)
-    init_db(engine)
-    assert dump(engine)["registry_state"] == [(1, 0, None, None, 0)]
+def test_upgrading_twice_is_a_no_op(engine: Engine) -> None:
+    before = dump(engine)
+    assert migrate.upgrade(engine) == (migrate.head(), migrate.head())
+    assert dump(engine) == before
+    ((state_id, revision, last_sync, fetched, cursor, identity, pending),) = before["registry_state"]
+    assert (state_id, revision, last_sync, fetched, cursor, pending) == (1, 0, None, None, 0, None)
+    assert re.fullmatch(r"[0-9a-f]{16}", identity)
 
 
 @pytest.mark.parametrize("writer", [True, False])
 def test_pragmas_are_in_force_on_every_connection(tmp_path: Any, writer: bool) -> None:
     eng = make_engine(f"sqlite:///{tmp_path}/p.db", writer=writer)
-    init_db(eng)
+    migrate.upgrade(eng)
     try:
         with eng.connect() as conn:
             def pragma(name: str) -> Any:
@@ -230,7 +235,7 @@ def test_baseline_plan_is_written_whole(engine: Engine) -> None:
     tables = dump(engine)
     assert len(tables["tokens"]) == 30
     assert tables["token_history"] == []
-    assert tables["registry_state"] == [(1, 1, "sync-0", NOW, 0)]
+    assert [row[:5] for row in tables["registry_state"]] == [(1, 1, "sync-0", NOW, 0)]
     assert len(tables["sync_runs"]) == 1
     con = raw_connect(engine)
     try:

@@ -14,7 +14,8 @@ from sqlalchemy import Engine
 
 from benchmarks import references
 from tokenwatch.clock import HOUR_MS
-from tokenwatch.db.engine import init_db, make_engine
+from tokenwatch.db import migrate
+from tokenwatch.db.engine import make_engine
 from tokenwatch.db.queries import load_registry
 from tokenwatch.db.writer import apply_plan
 from tokenwatch.domain.contracts import parse_contracts
@@ -42,7 +43,7 @@ def _plan(sync_id: str, items: list[dict[str, Any]], registry: RegistryState, no
 
 def _engine(path: Path) -> Engine:
     engine = make_engine(f"sqlite:///{path}", writer=True)
-    init_db(engine)
+    migrate.upgrade(engine)
     return engine
 
 

@@ -74,7 +74,7 @@ _EXCHANGE_STATUSES = frozenset({"open", "close", "cancelonly"})
 _MAX_CONTROL_BODY = 64 * 1024 * 1024
 CONTROL_ACTIONS = frozenset({
     "list_new", "delist", "relist", "pause", "resume", "schedule_delisting", "set_params", "tick",
-    "inject", "clear_faults", "set_status",
+    "inject", "clear_faults", "set_status", "load",
 })
 
 
@@ -302,6 +302,17 @@ class Simulator:
                 self._active[contract["symbol"]] = contract
             self._changed()
             return [c["symbol"] for c in fresh]
+
+    def load(self, contracts: list[dict[str, Any]]) -> int:
+        """List exactly these contracts (a registry's, a capture's), replacing every listed one; returns how many."""
+        if not isinstance(contracts, list) or not all(isinstance(c, dict) and _SYMBOL_RE.fullmatch(
+                str(c.get("symbol", ""))) for c in contracts):
+            raise SimulatorError("contracts must be a list of objects, each with a symbol of letters and digits")
+        with self._lock:
+            self._active = {c["symbol"]: copy.deepcopy(c) for c in contracts}
+            self._delisted.clear()
+            self._changed()
+            return len(self._active)
 
     def delist(self, symbols: list[str]) -> None:
         """Remove listed contracts from the active list (kept aside for `relist`)."""

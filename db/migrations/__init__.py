@@ -1,0 +1,1 @@
+"""The registry's schema history: Alembic migrations, applied by `tokenwatch db upgrade` (db/migrate.py)."""
