@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
@@ -12,6 +13,8 @@ import redis
 from typing_extensions import Buffer
 
 from tokenwatch.cache import keys, redis_client
+
+log = logging.getLogger(__name__)
 
 HSET_CHUNK = 1_000
 
@@ -85,12 +88,26 @@ def cache_version(client: redis.Redis) -> int | None:
     return None if value is None else int(value)
 
 
+def decode_entry(value: bytes) -> dict[str, Any] | None:
+    """One cached contract, or None when its text cannot be read (written by something that did not check it)."""
+    try:
+        contract = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return contract if isinstance(contract, dict) else None
+
+
 @dataclass(slots=True)
 class HotCache:
-    """An in-process dictionary snapshot of the Redis hash, refreshed only when the version moves."""
+    """An in-process dictionary snapshot of the Redis hash, refreshed only when the version moves.
+
+    An entry that cannot be decoded is left out of the snapshot and its symbol kept in ``unreadable``, so that
+    one bad entry costs that symbol its cached copy, not every read.
+    """
 
     client: redis.Redis
     version: int | None = None
+    unreadable: frozenset[str] = frozenset()
     _data: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def refresh(self) -> bool:
@@ -102,9 +119,21 @@ class HotCache:
         pipe.get(keys.VERSION)
         pipe.hgetall(keys.TOKENS)
         raw_version, raw = pipe.execute()
-        data = {symbol.decode(): orjson.loads(value) for symbol, value in raw.items()}
+        data: dict[str, dict[str, Any]] = {}
+        unreadable: set[str] = set()
+        for symbol, value in raw.items():
+            contract = decode_entry(value)
+            if contract is None:
+                unreadable.add(symbol.decode(errors="replace"))
+            else:
+                data[symbol.decode()] = contract
+        if unreadable:
+            shown = ", ".join(sorted(unreadable)[:10])
+            log.warning("%d entries of %s cannot be read and are left out (%s); those symbols are read from the "
+                        "database", len(unreadable), keys.TOKENS, shown)
         # One assignment each: readers see the old snapshot or the new one, never a mix.
         self._data = data
+        self.unreadable = frozenset(unreadable)
         self.version = None if raw_version is None else int(raw_version)
         return True
 

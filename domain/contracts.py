@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import operator
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -91,8 +91,8 @@ _RATES = frozenset({"initialMargin", "maintainMargin", "makerFeeRate", "takerFee
 Meta = tuple[Any, ...]
 
 
-# One contract object's JSON text: a zero-copy slice of the exchange's answer, or bytes.
-RawJson = msgspec.Raw | bytes
+# One contract object's JSON text: a zero-copy slice of the exchange's answer (msgspec's, or our own), or bytes.
+RawJson = msgspec.Raw | bytes | memoryview
 
 
 class Contract(msgspec.Struct, frozen=True):
@@ -186,7 +186,8 @@ def parse_contract(obj: Any) -> Contract:
     """Validate one decoded contract object; raise InvalidContract with a message safe to log."""
     if not isinstance(obj, dict):
         raise InvalidContract(f"contract is a {type(obj).__name__}, expected an object")
-    return _validated(obj.get("symbol"), obj.get("status"), tuple(map(obj.get, METADATA_KEYS)), _json(obj))
+    values, raw = _fields(obj, _DEFAULT)
+    return _validated(values[0], values[1], values[2:], raw)
 
 
 def _validated(symbol: Any, status: Any, raw_meta: tuple[Any, ...], raw: RawJson) -> Contract:
@@ -217,51 +218,100 @@ _POSITIVE_AT = tuple(sorted(METADATA_KEYS.index(k) for k in _POSITIVE))
 _RATES_AT = tuple(sorted(METADATA_KEYS.index(k) for k in _RATES))
 _LEVERAGE_AT = METADATA_KEYS.index("maxLeverage")
 
-# Only the keys we validate are decoded; market data and unknown keys stay in the raw text for the cache.
-# The types are wide (a number may come as a string); a value of any other type fails the fast decode and
-# the object is then decoded whole, so parse_contract can say which key is wrong.
+# What the cache keeps of a contract is its JSON text exactly as the exchange sent it, unknown keys and market data
+# included, and every reader decodes it: so the whole text is checked before it is kept, not only the keys we
+# use. A contract is refused (counted invalid) when it is larger than MAX_CONTRACT_BYTES, nests deeper than
+# MAX_DEPTH, holds a number outside a double's range, a string that is not valid UTF-8, or is no JSON at all.
+MAX_CONTRACT_BYTES = 64 * 1024
+MAX_DEPTH = 16  # a contract is an object holding a list of strings (sourceExchanges): depth 2
+
+# The fast path: one typed decode of the whole object. The keys we validate are decoded with wide types (a
+# number may come as a string); market data and every other key the answer's first contract has are declared
+# too (scalars; containers as Any, checked for depth after), and any other key fails the decode. A contract
+# that fails it for whatever reason is decoded whole on the slow path, which accepts what is within bounds and
+# names what is not.
 _NUMBER = int | float | str | None
+_SCALAR = str | int | float | bool | None
 _DECODED_TYPE: dict[FieldKind, Any] = {
     "str": str | None, "bool": bool | None, "list": list[str] | None, "float": _NUMBER, "int": _NUMBER, "ms": _NUMBER,
 }
-# The keys decoded, in the order of the values tuple that validation uses, with their types.
+# The keys validation reads, in the order of the values tuple it uses, with their types.
 _TYPES: dict[str, Any] = {
     "symbol": str | None, "status": str | None, **{key: _DECODED_TYPE[kind] for key, _, kind in METADATA_FIELDS},
 }
 _CANONICAL = tuple(_TYPES)
-_Fields = msgspec.defstruct("_Fields", [(key, kind, None) for key, kind in _TYPES.items()])
-_decode_fields = msgspec.json.Decoder(_Fields).decode
 _values = operator.attrgetter(*_CANONICAL)  # (symbol, status, *raw metadata values) of any fields struct
+_KNOWN = {**_TYPES, **dict.fromkeys(sorted(MARKET_KEYS), _SCALAR)}
 
-FieldsDecoder = Callable[[RawJson], Any]
 
-# msgspec matches each key of an object against a struct's fields starting after the field it matched last:
-# with the fields in the order the exchange sends them, each key is found at the first try, while one out of
-# that order is looked for among all of them. So a struct of the same fields is made in the key order of the
-# answer's first contract (a few orders at most are ever seen; each is kept). Objects in another order still
-# decode the same, only slower.
+class FieldsDecoder:
+    """Decodes one contract's JSON text whole into a struct of its fields (validating every value), fastest for
+    the key order it was made for; raises msgspec.DecodeError (or RecursionError) when the text is not a
+    contract of that shape within bounds."""
+
+    __slots__ = ("containers", "decode")
+
+    def __init__(self, fields: list[tuple[str, Any]]) -> None:
+        struct = msgspec.defstruct("_ContractFields", [(key, kind, None) for key, kind in fields],
+                                   forbid_unknown_fields=True)
+        self.decode = msgspec.json.Decoder(struct).decode
+        self.containers = tuple(key for key, kind in fields if kind is Any)
+
+    def __call__(self, raw: RawJson) -> Any:
+        fields = self.decode(raw)
+        for key in self.containers:
+            value = getattr(fields, key)
+            if value is not None:
+                check_bounds(value, key)
+        return fields
+
+
+_DEFAULT = FieldsDecoder(list(_KNOWN.items()))
+# A decoder per key order seen (a few at most); the least recent goes when there are more.
 _MAX_ORDERS = 8
 
 
-def fields_decoder(sample: Any, decoders: dict[tuple[str, ...], FieldsDecoder] | None = None) -> FieldsDecoder:
-    """A decoder of one contract's JSON text into its key fields, fastest for sample's key order (the fixed
-    order when sample is no JSON object); decoders keeps those made for the orders seen before."""
+def fields_decoder(sample: Any, decoders: dict[tuple[tuple[str, bool], ...], FieldsDecoder] | None = None,
+                   ) -> FieldsDecoder:
+    """A decoder of whole contracts shaped like sample (its keys, in its key order: msgspec matches each key
+    against the fields starting after the last match, so the exchange's own order finds each at the first try);
+    the fixed one when sample is no JSON object. decoders keeps those made for the shapes seen before."""
     try:
-        decoded = orjson.loads(memoryview(sample)) if type(sample) is msgspec.Raw or isinstance(sample, bytes) else None
+        text = type(sample) is msgspec.Raw or isinstance(sample, bytes | memoryview)
+        decoded = orjson.loads(memoryview(sample)) if text else None
     except orjson.JSONDecodeError:
         decoded = None
     if not isinstance(decoded, dict):
-        return _decode_fields
-    order = tuple(key for key in decoded if key in _TYPES)
-    order += tuple(key for key in _CANONICAL if key not in order)
+        return _DEFAULT
+    shape = tuple((key, isinstance(value, list | dict)) for key, value in decoded.items())
+    shape += tuple((key, False) for key in _CANONICAL if key not in decoded)
     decoders = {} if decoders is None else decoders
-    found = decoders.get(order)
+    found = decoders.get(shape)
     if found is None:
         if len(decoders) >= _MAX_ORDERS:
-            decoders.clear()
-        struct = msgspec.defstruct("_OrderedFields", [(key, _TYPES[key], None) for key in order])
-        found = decoders[order] = msgspec.json.Decoder(struct).decode
+            decoders.pop(next(iter(decoders)))
+        fields = [(key, _KNOWN.get(key, Any if container else _SCALAR)) for key, container in shape]
+        found = decoders[shape] = FieldsDecoder(fields)
     return found
+
+
+def check_bounds(value: Any, key: str = "contract") -> None:
+    """Raise InvalidContract when a decoded value nests deeper than MAX_DEPTH or holds a number that is not
+    finite (strings and UTF-8 were checked by the decoder); the message names the contract's key it is under."""
+    pending: list[tuple[Any, int, str]] = [(value, 1, key)]
+    while pending:
+        item, depth, under = pending.pop()
+        if isinstance(item, dict):
+            if depth > MAX_DEPTH:
+                raise InvalidContract(f"{under} nests deeper than {MAX_DEPTH} levels")
+            top = depth == 1 and under == "contract"
+            pending.extend((child, depth + 1, str(name)[:40] if top else under) for name, child in item.items())
+        elif isinstance(item, list):
+            if depth > MAX_DEPTH:
+                raise InvalidContract(f"{under} nests deeper than {MAX_DEPTH} levels")
+            pending.extend((child, depth + 1, under) for child in item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise InvalidContract(f"{under} holds a number out of range")
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,34 +325,46 @@ class ParseResult:
 
 @dataclass(slots=True)
 class ParseMemo:
-    """What parsing keeps between syncs in one process: each symbol's last validation, (the key fields it was
-    given, normalised meta), and the decoders made for the key orders seen."""
+    """What parsing keeps between syncs in one process: each symbol's last validation, (the values it was given,
+    normalised meta), and the decoders made for the answer shapes seen."""
 
-    validated: dict[str, tuple[Any, Meta]] = field(default_factory=dict)
-    decoders: dict[tuple[str, ...], FieldsDecoder] = field(default_factory=dict)
+    validated: dict[str, tuple[tuple[Any, ...], Meta]] = field(default_factory=dict)
+    decoders: dict[tuple[tuple[str, bool], ...], FieldsDecoder] = field(default_factory=dict)
 
 
-def _fields(item: Any, decode: FieldsDecoder) -> tuple[Any, RawJson]:
-    """(key fields: symbol, status and raw metadata values, as a struct; JSON text) of one list item;
-    InvalidContract if it is no object."""
-    if type(item) is msgspec.Raw or isinstance(item, bytes):
+def _fields(item: Any, decode: FieldsDecoder) -> tuple[tuple[Any, ...], RawJson]:
+    """(symbol, status and raw metadata values; the JSON text to keep) of one list item, every part of it checked;
+    InvalidContract if it is no contract within bounds."""
+    if type(item) is msgspec.Raw or isinstance(item, bytes | memoryview):
+        if memoryview(item).nbytes > MAX_CONTRACT_BYTES:
+            raise InvalidContract(f"contract is larger than {MAX_CONTRACT_BYTES // 1024} KiB")
         try:
-            return decode(item), item
-        except msgspec.DecodeError:  # includes ValidationError: a key of an unexpected type, or no object
-            try:
-                decoded = orjson.loads(memoryview(item))  # decoded whole only so that parse_contract names the key
-            except orjson.JSONDecodeError:
-                raise InvalidContract("contract is not valid JSON") from None
-            parse_contract(decoded)
-            raise InvalidContract("contract has a value of an unexpected type") from None
+            return _values(decode(item)), item
+        except (msgspec.DecodeError, RecursionError):  # another shape, or out of bounds: the slow path says which
+            pass
+        try:
+            decoded = orjson.loads(memoryview(item))
+        except (orjson.JSONDecodeError, RecursionError):
+            raise InvalidContract("contract is not JSON within bounds (depth, number range, UTF-8)") from None
+        if not isinstance(decoded, dict):
+            raise InvalidContract(f"contract is a {type(decoded).__name__}, expected an object")
+        check_bounds(decoded)
+        return (decoded.get("symbol"), decoded.get("status"), *map(decoded.get, METADATA_KEYS)), item
     if not isinstance(item, dict):
         raise InvalidContract(f"contract is a {type(item).__name__}, expected an object")
-    return _Fields(item.get("symbol"), item.get("status"), *map(item.get, METADATA_KEYS)), _json(item)
+    check_bounds(item)
+    raw = _json(item)
+    if len(raw) > MAX_CONTRACT_BYTES:
+        raise InvalidContract(f"contract is larger than {MAX_CONTRACT_BYTES // 1024} KiB")
+    return (item.get("symbol"), item.get("status"), *map(item.get, METADATA_KEYS)), raw
 
 
 def _json(obj: dict[str, Any]) -> bytes:
     # orjson 3.12+ over-allocates each output about 8x; an exact-size copy keeps many of them small.
-    return memoryview(orjson.dumps(obj)).tobytes()
+    try:
+        return memoryview(orjson.dumps(obj)).tobytes()
+    except orjson.JSONEncodeError:
+        raise InvalidContract("contract cannot be written as JSON (a number out of range?)") from None
 
 
 def parse_contracts(items: Iterable[Any], keep_reasons: int = 5, memo: ParseMemo | None = None) -> ParseResult:
@@ -316,24 +378,21 @@ def parse_contracts(items: Iterable[Any], keep_reasons: int = 5, memo: ParseMemo
     invalid = 0
     reasons: list[str] = []
     validated = None if memo is None else memo.validated
-    fresh: dict[str, tuple[Any, Meta]] = {}
+    fresh: dict[str, tuple[tuple[Any, ...], Meta]] = {}
     decode: FieldsDecoder | None = None
     for index, item in enumerate(items):
         if decode is None:
             decode = fields_decoder(item, None if memo is None else memo.decoders)
         try:
-            fields, raw = _fields(item, decode)
-            symbol = fields.symbol
+            values, raw = _fields(item, decode)
+            symbol = values[0]
             known = validated.get(symbol) if validated is not None and type(symbol) is str else None
-            # Struct equality runs in C, field by field (and is False across key orders): no tuple of the
-            # values is built for an unchanged contract.
-            if known is not None and known[0] == fields:
-                contract = Contract(symbol, fields.status, known[1], raw)
+            if known is not None and known[0] == values:  # one tuple comparison, in C
+                contract = Contract(symbol, values[1], known[1], raw)
                 remembered = known
             else:
-                values = _values(fields)
                 contract = _validated(symbol, values[1], values[2:], raw)
-                remembered = (fields, contract.meta)
+                remembered = (values, contract.meta)
         except InvalidContract as exc:
             invalid += 1
             if len(reasons) < keep_reasons:
@@ -353,13 +412,68 @@ def parse_contracts(items: Iterable[Any], keep_reasons: int = 5, memo: ParseMemo
     return ParseResult(contracts=contracts, invalid=invalid, reasons=tuple(reasons))
 
 
-def contract_list(body: bytes | bytearray | memoryview) -> list[msgspec.Raw] | None:
+def contract_list(body: bytes | bytearray | memoryview) -> Sequence[RawJson] | None:
     """The data list of a success envelope as one JSON text per contract (zero-copy slices of body);
     None when body is not such an envelope."""
     try:
         return _decode_envelope(body).data
-    except msgspec.DecodeError:
-        return None
+    except (msgspec.DecodeError, RecursionError):
+        # One item the decoder cannot even skip over (nested past its recursion limit, a string it refuses):
+        # cut the list by hand, so that the item alone is refused. No list at all: None.
+        return split_data_list(body)
+
+
+# The tokens that matter for cutting a JSON text by hand: a whole string (escapes included), a bracket, a colon.
+_TOKENS = re.compile(rb'"(?:[^"\\]|\\.)*"|[\[\]{}:]')
+
+
+def split_data_list(body: bytes | bytearray | memoryview) -> list[memoryview] | None:
+    """The object and list items of an envelope's top-level "data" list as slices of body, found without
+    recursion (a slow pass, for the answer the decoder could not take; other items are left out); None when
+    there is no such list, or the answer is no valid JSON once each item is set aside."""
+    view = memoryview(body)
+    depth = 0
+    key: bytes | None = None
+    start = -1
+    spans: list[tuple[int, int]] = []
+    in_data = False
+    for match in _TOKENS.finditer(view):
+        token = match.group()
+        if token[:1] == b'"':
+            if depth == 1 and not in_data:
+                key = token
+            continue
+        if token == b":":
+            continue
+        if token in (b"[", b"{"):
+            depth += 1
+            if in_data and depth == 3:
+                start = match.start()
+            elif depth == 2 and key == b'"data"' and token == b"[":
+                in_data = True
+            continue
+        depth -= 1
+        if in_data and depth == 2 and start >= 0:
+            spans.append((start, match.end()))
+            start = -1
+        elif in_data and depth == 1:
+            return [view[a:b] for a, b in spans] if _well_formed_around(view, spans) else None
+    return None
+
+
+def _well_formed_around(view: memoryview, spans: list[tuple[int, int]]) -> bool:
+    """Whether the answer is valid JSON once each item is replaced by 0 (the items are judged one by one)."""
+    parts: list[bytes | memoryview] = []
+    offset = 0
+    for start, end in spans:
+        parts += (view[offset:start], b"0")
+        offset = end
+    parts.append(view[offset:])
+    try:
+        msgspec.json.decode(b"".join(parts))
+    except (msgspec.DecodeError, RecursionError):
+        return False
+    return True
 
 
 class _Envelope(msgspec.Struct):

@@ -39,10 +39,9 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 from urllib.parse import quote
 
-import orjson
 import redis
 from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -174,30 +173,41 @@ class Registry:
             self._count(SNAPSHOT, True)
             return dict(contract)
         self._count(SNAPSHOT, False)
-        if self._redis_up:
-            try:
-                raw = self._client.hget(keys.TOKENS, symbol)
-            except redis.RedisError as exc:
-                self._redis_failed(exc)
-            else:
-                if raw is not None:
-                    self._count(REDIS, True)
-                    self._next_check = 0.0  # the cache moved since the last check: reload on the next read
-                    found: Contract = orjson.loads(raw)
-                    return found
-                self._count(REDIS, False)
-                if self._cache.version is not None:
-                    return None  # the published cache holds every listed contract
-                # Nothing published yet (first sync pending, or Redis restarted empty): ask the database.
-                return self._database_get(symbol)
-        self._count(REDIS, False)
-        return self._database_get(symbol)
+        answered, found = self._redis_get(symbol)
+        return found if answered else self._database_get(symbol)
+
+    def _redis_get(self, symbol: str) -> tuple[bool, Contract | None]:
+        """(True, the contract or None if not listed) when Redis's cache can answer; (False, None) when the
+        database must: Redis unreachable, nothing published yet, or the symbol's cached text unreadable."""
+        if symbol in self._cache.unreadable or not self._redis_up:
+            self._count(REDIS, False)
+            return False, None
+        try:
+            raw = self._client.hget(keys.TOKENS, symbol)
+        except redis.RedisError as exc:
+            self._redis_failed(exc)
+            self._count(REDIS, False)
+            return False, None
+        found = None if raw is None else hot.decode_entry(cast("bytes", raw))
+        self._count(REDIS, found is not None)
+        if found is not None:
+            self._next_check = 0.0  # the cache moved since the last check: reload on the next read
+            return True, found
+        if raw is not None:
+            log.warning("the cached entry of %s cannot be read: reading the database", symbol)
+            return False, None
+        # Once the cache is published it holds every listed contract; before (first sync pending, or Redis
+        # restarted empty), the database answers.
+        return self._cache.version is not None, None
 
     def active(self) -> dict[str, Contract]:
         """Every listed contract by symbol (a new dict; the contracts are shared with the snapshot: read-only)."""
         if self._check_version() and self._cache.version is not None:
             self._count(SNAPSHOT, True)
-            return dict(self._cache.all())
+            contracts = dict(self._cache.all())
+            if self._cache.unreadable:  # entries whose text cannot be read: the database's rows instead
+                contracts.update(self._database_rows(sorted(self._cache.unreadable)))
+            return contracts
         self._count(SNAPSHOT, False)
         self._count(REDIS, False)
         rows = self._database(lambda engine: list_tokens(engine, ACTIVE, now_ms=now_ms(), window_ms=self._window_ms))
@@ -273,6 +283,19 @@ class Registry:
         self._redis_up = False
         self._cache = hot.HotCache(self._client)  # the snapshot cannot be checked: stop serving it
         self._next_check = time.monotonic() + self.redis_retry_s
+
+    def _database_rows(self, symbols: list[str]) -> dict[str, Contract]:
+        query = select(tokens).where(tokens.c.symbol.in_(symbols), tokens.c.status == ACTIVE)
+
+        def rows(engine: Engine) -> dict[str, Contract]:
+            with engine.connect() as conn:
+                return {row.symbol: contract_from_row(row._mapping) for row in conn.execute(query)}
+
+        try:
+            return self._database(rows, count=False)
+        except RegistryUnavailableError as exc:
+            log.warning("%s: %d contracts whose cached text cannot be read are left out", exc, len(symbols))
+            return {}
 
     def _database_get(self, symbol: str) -> Contract | None:
         query = select(tokens).where(tokens.c.symbol == symbol, tokens.c.status == ACTIVE)

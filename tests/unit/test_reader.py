@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -378,3 +379,21 @@ def test_a_cached_get_sends_nothing_to_redis(world: World, monkeypatch: pytest.M
     for _ in range(1_000):
         assert registry.get(symbol) is not None
     assert calls == []  # served from this process's snapshot: no round trip per read
+
+
+def test_one_unreadable_cache_entry_costs_that_symbol_its_copy_not_every_read(
+    world: World, caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Written by something that did not check it (an older release, a hand edit): a number past a double.
+    bad, good = sorted(world.contracts)[:2]
+    world.client.hset(keys.TOKENS, bad, b'{"symbol":"' + bad.encode() + b'","futureField":1e400}')
+    world.client.incr(keys.VERSION)  # a new version: readers reload the snapshot
+    registry = world.registry()
+    with caplog.at_level(logging.WARNING, logger="tokenwatch.cache.hot"):
+        assert registry.get(good) == world.contracts[good]  # every other read is served as before
+    assert any("cannot be read" in r.getMessage() and bad in r.getMessage() for r in caplog.records)
+    from_db = registry.get(bad)  # the database's row: listing metadata, no market data
+    assert from_db is not None and from_db["symbol"] == bad and "markPrice" not in from_db
+    active = registry.active()
+    assert set(active) == set(world.contracts)
+    assert active[good] == world.contracts[good] and "markPrice" not in active[bad]

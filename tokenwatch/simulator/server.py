@@ -47,10 +47,10 @@ CONTRACTS_WEIGHT = 3
 
 FAULTS = frozenset({
     "http_status", "error_code", "delay", "truncate", "html", "not_json",
-    "partial", "empty", "omit", "bad_records",
+    "partial", "empty", "omit", "bad_records", "raw_records",
 })
 # Faults that shape the contract list rather than the HTTP answer: only meaningful on the active list.
-_LIST_FAULTS = frozenset({"partial", "empty", "omit", "bad_records"})
+_LIST_FAULTS = frozenset({"partial", "empty", "omit", "bad_records", "raw_records"})
 _FAULT_PARAMS: dict[str, frozenset[str]] = {
     "http_status": frozenset({"status", "headers", "code", "msg"}),
     "error_code": frozenset({"code", "msg"}),
@@ -62,6 +62,7 @@ _FAULT_PARAMS: dict[str, frozenset[str]] = {
     "empty": frozenset(),
     "omit": frozenset({"symbols"}),
     "bad_records": frozenset({"records"}),
+    "raw_records": frozenset({"texts"}),
 }
 _HTML_PAGE = (
     "<html>\r\n<head><title>{status} {phrase}</title></head>\r\n<body>\r\n"
@@ -90,7 +91,8 @@ class _Fault:
     remaining: int | None
 
     def describe(self) -> dict[str, Any]:
-        return {"fault": self.kind, "path": self.path, "remaining": self.remaining, **self.params}
+        params = {k: [t.decode("utf-8", "replace") for t in v] if k == "texts" else v for k, v in self.params.items()}
+        return {"fault": self.kind, "path": self.path, "remaining": self.remaining, **params}
 
 
 @dataclass
@@ -179,6 +181,12 @@ def _check_fault(kind: str, params: dict[str, Any]) -> dict[str, Any]:
         except TypeError as exc:
             raise SimulatorError(f"records are not JSON-encodable: {exc}") from None
         out["records"] = copy.deepcopy(records)
+    elif kind == "raw_records":
+        # Texts spliced into the list as they are, for what no encoder writes (1e400, deep nesting, bad UTF-8).
+        texts = params.get("texts")
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str | bytes) for t in texts):
+            raise SimulatorError("raw_records needs a non-empty list of texts")
+        out["texts"] = [t.encode() if isinstance(t, str) else t for t in texts]
     return out
 
 
@@ -507,7 +515,11 @@ class Simulator:
             data = []
         if "bad_records" in by_kind:
             data = [*data, *by_kind["bad_records"]["records"]]
-        return _dumps({"code": OK_CODE, "data": data})
+        body = _dumps({"code": OK_CODE, "data": data})
+        if "raw_records" in by_kind:
+            spliced = b",".join(by_kind["raw_records"]["texts"])
+            body = body[:-2] + (b"," if data else b"") + spliced + b"]}"
+        return body
 
     def _answer(self, path: str) -> tuple[_Answer, float]:
         """The answer to a GET of an API path and how long to wait before sending it."""

@@ -1,0 +1,101 @@
+"""Answers nobody named in the fault suite, through the real stack: hostile contracts, a symbol twice, dates that
+cannot be, a whole list changing status at once. Each test says what the registry, the cache and the event
+stream must show afterwards; tests/invariants.py checks the rest after every test."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from tests.conftest import Stack
+from tests.invariants import check_invariants
+from tokenwatch.cache import keys, lock
+from tokenwatch.reader import Registry
+from tokenwatch.simulator import Simulator
+
+pytestmark = pytest.mark.integration
+
+CONTRACTS = 60
+DEEP = "[" * 10_000 + "]" * 10_000
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    with Simulator(port=0, contracts=CONTRACTS, seed=17) as simulator:
+        yield simulator
+
+
+@pytest.fixture(autouse=True)
+def _invariants(stack: Stack, redis_client: redis.Redis) -> Iterator[None]:
+    yield
+    try:
+        check_invariants(stack.db_path, redis_client)
+    finally:
+        for process in stack.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
+
+
+def hostile(sim: Simulator, symbol: str, key: str, raw_value: str) -> str:
+    """A new contract shaped like the exchange's, with one more key whose value is written as given."""
+    contract = {**sim.contract(sim.symbols()[0]), "symbol": symbol, "baseCurrency": symbol[:-5]}
+    return json.dumps(contract)[:-1] + f', "{key}": {raw_value}}}'
+
+
+def events(stack: Stack) -> list[tuple[str, str]]:
+    return [(s, e) for s, e in stack.query("SELECT symbol, event_type FROM token_history ORDER BY id")]
+
+
+def read_everything(stack: Stack) -> dict[str, Any]:
+    """What a bot's read API sees: every active contract (raises if one cached entry breaks the reads)."""
+    with Registry(stack.env["TOKENWATCH_REDIS_URL"], stack.env["TOKENWATCH_DATABASE_URL"],
+                  refresh_interval_s=0) as registry:
+        return registry.active()
+
+
+@pytest.mark.parametrize("path", ["--inline", "worker"])
+def test_hostile_contracts_are_counted_invalid_and_the_rest_is_applied(stack: Stack, sim: Simulator,
+                                                                      path: str) -> None:
+    stack.env["TOKENWATCH_KUCOIN_URL"] = sim.url
+    args = ("--inline",) if path == "--inline" else ()
+    if path == "worker":
+        stack.start_worker()
+    assert stack.sync(*args)["status"] == "baseline"
+    listed = sim.list_new(1)
+    sim.inject("raw_records", texts=[
+        hostile(sim, "HUGEUSDTM", "futureField", "1e400"),
+        hostile(sim, "DEEPUSDTM", "futureField", DEEP),
+        hostile(sim, "WIDEUSDTM", "futureField", json.dumps("x" * 70_000)),
+    ])
+
+    result = stack.tokenwatch("sync", "--json", *args)
+
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    outcome = json.loads(result.stdout)  # one JSON object, as always
+    assert (outcome["status"], outcome["counts"]["invalid"], outcome["counts"]["listed"]) == ("ok", 3, 1)
+    assert events(stack) == [(listed[0], "listed")]
+    active = read_everything(stack)  # every read still works
+    assert set(active) == set(sim.symbols())
+    assert not {"HUGEUSDTM", "DEEPUSDTM", "WIDEUSDTM"} & set(active)
+    assert lock.holder(stack.redis) is None
+    assert stack.query("SELECT status, invalid FROM sync_runs WHERE sync_id = ?", outcome["sync_id"]) == [("ok", 3)]
+    if path == "worker":
+        assert stack.sync()["status"] == "ok"  # and the next sync is not skipped behind a held lock
+
+
+def test_a_reader_skips_one_unreadable_cache_entry(stack: Stack, sim: Simulator) -> None:
+    stack.env["TOKENWATCH_KUCOIN_URL"] = sim.url
+    assert stack.sync("--inline")["status"] == "baseline"
+    bad = sim.symbols()[0]
+    stack.redis.hset(keys.TOKENS, bad, b'{"symbol":"' + bad.encode() + b'","x":1e400}')  # a hand edit
+    active = read_everything(stack)
+    assert set(active) == set(sim.symbols())
+    assert "markPrice" not in active[bad] and "markPrice" in active[sim.symbols()[1]]
+    assert stack.sync("--inline")["status"] == "ok"  # the next sync writes the entry afresh
