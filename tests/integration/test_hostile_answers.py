@@ -99,3 +99,13 @@ def test_a_reader_skips_one_unreadable_cache_entry(stack: Stack, sim: Simulator)
     assert set(active) == set(sim.symbols())
     assert "markPrice" not in active[bad] and "markPrice" in active[sim.symbols()[1]]
     assert stack.sync("--inline")["status"] == "ok"  # the next sync writes the entry afresh
+
+
+def test_a_small_answer_with_one_deep_contract_is_applied_too(stack: Stack) -> None:
+    # Under 64 KiB the fetch step used to decode the whole answer to check it: one bad contract failed it all.
+    with Simulator(port=0, contracts=8, seed=5) as small:
+        stack.env["TOKENWATCH_KUCOIN_URL"] = small.url
+        assert stack.sync("--inline")["status"] == "baseline"
+        small.inject("raw_records", texts=[hostile(small, "DEEPUSDTM", "futureField", "[" * 2000 + "]" * 2000)])
+        outcome = stack.sync("--inline")
+    assert (outcome["status"], outcome["counts"]["invalid"], outcome["counts"]["active"]) == ("ok", 1, 8)
