@@ -22,6 +22,15 @@ REQUIRED = ("symbol", "type", "status", "baseCurrency", "quoteCurrency", "settle
 # Milliseconds since the epoch between 2000 and 2200: anything outside is a corrupted date.
 _MIN_MS = 946_684_800_000
 _MAX_MS = 7_258_118_400_000
+# What a date of a listed contract can plausibly be (tests/unit/test_contract_dates.py). No crypto futures
+# contract of KuCoin's (or anyone's) opened before 2015. Relative to when the answer was fetched: a contract
+# opens at most 90 days after it is listed (pre-market included), expires or settles within 5 years, and
+# leaves pre-market within a year. These bounds only widen as time passes, so a contract found plausible
+# stays plausible, which is what lets the validation memo reuse a result.
+EARLIEST_MS = 1_420_070_400_000  # 2015-01-01
+_DAY_MS = 86_400_000
+_FUTURE_LIMITS_MS = {"firstOpenDate": 90 * _DAY_MS, "expireDate": 5 * 365 * _DAY_MS,
+                     "settleDate": 5 * 365 * _DAY_MS, "preMarketToPerpDate": 365 * _DAY_MS}
 _ABS_LIMIT = 1e18
 
 # Listing metadata: rarely changes and a change is worth a history event. (json key, column, kind)
@@ -190,7 +199,8 @@ def parse_contract(obj: Any) -> Contract:
     return _validated(values[0], values[1], values[2:], raw)
 
 
-def _validated(symbol: Any, status: Any, raw_meta: tuple[Any, ...], raw: RawJson) -> Contract:
+def _validated(symbol: Any, status: Any, raw_meta: tuple[Any, ...], raw: RawJson, now_ms: int | None = None,
+               ) -> Contract:
     required = (symbol, raw_meta[_TYPE_AT], status, *(raw_meta[i] for i in _CURRENCIES_AT))  # REQUIRED's order
     for key, value in zip(REQUIRED, required, strict=True):
         if not isinstance(value, str) or not value:
@@ -210,13 +220,30 @@ def _validated(symbol: Any, status: Any, raw_meta: tuple[Any, ...], raw: RawJson
     leverage = meta[_LEVERAGE_AT]
     if leverage is not None and not 0 < leverage <= 10_000:
         raise InvalidContract("maxLeverage is not plausible")
+    _check_dates(meta, now_ms)
     return Contract(symbol=symbol, status=status, meta=meta, raw=raw)
+
+
+def _check_dates(meta: Meta, now_ms: int | None) -> None:
+    """InvalidContract for a date a listed contract cannot have (see EARLIEST_MS); None: no clock to judge by."""
+    for key, at in _DATES_AT:
+        value = meta[at]
+        if value is None:
+            continue
+        if value < EARLIEST_MS:
+            raise InvalidContract(f"{key} is before 2015: not a plausible date")
+        if now_ms is not None and value > now_ms + _FUTURE_LIMITS_MS[key]:
+            raise InvalidContract(f"{key} is too far ahead to be plausible")
+    opened, expires = meta[_FIRST_OPEN_AT], meta[_EXPIRE_AT]
+    if opened is not None and expires is not None and expires < opened:
+        raise InvalidContract("expireDate is before firstOpenDate")
 
 
 _CURRENCIES_AT = tuple(METADATA_KEYS.index(k) for k in ("baseCurrency", "quoteCurrency", "settleCurrency"))
 _POSITIVE_AT = tuple(sorted(METADATA_KEYS.index(k) for k in _POSITIVE))
 _RATES_AT = tuple(sorted(METADATA_KEYS.index(k) for k in _RATES))
 _LEVERAGE_AT = METADATA_KEYS.index("maxLeverage")
+_DATES_AT = tuple((key, METADATA_KEYS.index(key)) for key in _FUTURE_LIMITS_MS)
 
 # What the cache keeps of a contract is its JSON text exactly as the exchange sent it, unknown keys and market data
 # included, and every reader decodes it: so the whole text is checked before it is kept, not only the keys we
@@ -316,11 +343,18 @@ def check_bounds(value: Any, key: str = "contract") -> None:
 
 @dataclass(frozen=True, slots=True)
 class ParseResult:
-    """Valid contracts by symbol, and how many were skipped with the first reasons."""
+    """Valid contracts by symbol, and how many were skipped with the first reasons.
+
+    unusable: symbols the answer lists but that could not be used (an invalid record whose symbol could be
+    read, or a symbol listed twice): they are in the answer, so the registry keeps their rows as they are
+    rather than taking them for absent. duplicated: those listed more than once.
+    """
 
     contracts: dict[str, Contract]
     invalid: int
     reasons: tuple[str, ...]
+    unusable: frozenset[str] = frozenset()
+    duplicated: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -367,22 +401,29 @@ def _json(obj: dict[str, Any]) -> bytes:
         raise InvalidContract("contract cannot be written as JSON (a number out of range?)") from None
 
 
-def parse_contracts(items: Iterable[Any], keep_reasons: int = 5, memo: ParseMemo | None = None) -> ParseResult:
-    """Parse a contract list (JSON texts or decoded objects); bad records and repeated symbols are counted as
-    invalid, never raised.
+def parse_contracts(
+    items: Iterable[Any], keep_reasons: int = 5, memo: ParseMemo | None = None, now_ms: int | None = None,
+) -> ParseResult:
+    """Parse a contract list (JSON texts or decoded objects); bad records are counted as invalid, never raised.
+    now_ms, when the answer was fetched, bounds the dates a contract may have.
 
-    With a memo (kept between syncs by the caller), a contract whose status and raw metadata values equal
-    last time's reuses last time's result: validation depends on nothing else, and most never change.
+    A symbol listed more than once is ambiguous (which copy is the exchange's?): every copy counts invalid and
+    none is used. With a memo (kept between syncs by the caller), a contract whose status and raw metadata values
+    equal last time's reuses last time's result: validation depends on nothing else, and most never change.
     """
     contracts: dict[str, Contract] = {}
     invalid = 0
     reasons: list[str] = []
     validated = None if memo is None else memo.validated
     fresh: dict[str, tuple[tuple[Any, ...], Meta]] = {}
+    seen: dict[str, int] = {}  # copies of each readable symbol, valid or not
+    valid_copies: dict[str, int] = {}
+    unusable: set[str] = set()
     decode: FieldsDecoder | None = None
     for index, item in enumerate(items):
         if decode is None:
             decode = fields_decoder(item, None if memo is None else memo.decoders)
+        values: tuple[Any, ...] | None = None
         try:
             values, raw = _fields(item, decode)
             symbol = values[0]
@@ -391,25 +432,53 @@ def parse_contracts(items: Iterable[Any], keep_reasons: int = 5, memo: ParseMemo
                 contract = Contract(symbol, values[1], known[1], raw)
                 remembered = known
             else:
-                contract = _validated(symbol, values[1], values[2:], raw)
+                contract = _validated(symbol, values[1], values[2:], raw, now_ms)
                 remembered = (values, contract.meta)
         except InvalidContract as exc:
             invalid += 1
             if len(reasons) < keep_reasons:
                 reasons.append(f"item {index}: {exc}")
+            readable = _readable_symbol(item, values)
+            if readable is not None:
+                seen[readable] = seen.get(readable, 0) + 1
+                unusable.add(readable)
             continue
+        seen[contract.symbol] = seen.get(contract.symbol, 0) + 1
+        valid_copies[contract.symbol] = valid_copies.get(contract.symbol, 0) + 1
         if contract.symbol in contracts:
-            invalid += 1
-            if len(reasons) < keep_reasons:
-                reasons.append(f"item {index}: duplicate symbol {contract.symbol}")
-            continue
+            continue  # a second copy: judged below, with the first
         contracts[contract.symbol] = contract
         if validated is not None:
             fresh[contract.symbol] = remembered
+    duplicated = {symbol for symbol, copies in seen.items() if copies > 1}
+    for symbol in sorted(duplicated):
+        invalid += valid_copies.get(symbol, 0)  # the invalid copies are counted already
+        contracts.pop(symbol, None)
+        fresh.pop(symbol, None)
+        if len(reasons) < keep_reasons:
+            reasons.append(f"duplicate symbol {symbol} ({seen[symbol]} copies): kept as registered")
     if memo is not None:
         # Only this snapshot's symbols stay remembered, so the memo never outgrows the exchange.
         memo.validated = fresh
-    return ParseResult(contracts=contracts, invalid=invalid, reasons=tuple(reasons))
+    return ParseResult(contracts=contracts, invalid=invalid, reasons=tuple(reasons),
+                       unusable=frozenset(unusable | duplicated), duplicated=frozenset(duplicated))
+
+
+_SYMBOL_IN_TEXT = re.compile(rb'"symbol"\s*:\s*"([A-Za-z0-9]{1,40})"')
+
+
+def _readable_symbol(item: Any, values: tuple[Any, ...] | None) -> str | None:
+    """The symbol of an invalid record, when one can be read from it with confidence; else None."""
+    if values is not None:
+        symbol = values[0]
+    elif isinstance(item, dict):
+        symbol = item.get("symbol")
+    elif type(item) is msgspec.Raw or isinstance(item, bytes | memoryview):
+        match = _SYMBOL_IN_TEXT.search(memoryview(item))  # the record did not decode: its text, searched
+        symbol = match.group(1).decode() if match else None
+    else:
+        symbol = None
+    return symbol if isinstance(symbol, str) and SYMBOL_RE.fullmatch(symbol) else None
 
 
 def contract_list(body: bytes | bytearray | memoryview) -> Sequence[RawJson] | None:

@@ -44,6 +44,7 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)  # absent but kept active: suspect, flaky or unconfirmed
+    held: list[str] = field(default_factory=list)  # listed but unusable (invalid, or twice): kept as they are
     pending: list[str] = field(default_factory=list)  # absent for the first time: mark missing_since
     seen_before: int | None = None  # when the previous snapshot was taken: the missing ones' last sighting
     warning: str | None = None
@@ -55,7 +56,7 @@ class Plan:
             "status": str(self.status), "upserts": [row.as_row() for row in self.upserts],
             "delist": self.delist, "events": [[e.symbol, e.event_type, e.details] for e in self.events],
             "counts": self.counts, "missing": self.missing, "pending": self.pending, "warning": self.warning,
-            "seen_before": self.seen_before,
+            "seen_before": self.seen_before, "held": self.held,
         }
 
     @classmethod
@@ -66,7 +67,7 @@ class Plan:
             status=SyncStatus(data["status"]), upserts=[RegistryRow.from_row(r) for r in data["upserts"]],
             delist=list(data["delist"]), events=[Event(s, t, d) for s, t, d in data["events"]],
             counts=dict(data["counts"]), missing=list(data["missing"]), pending=list(data["pending"]),
-            warning=data.get("warning"), seen_before=data.get("seen_before"),
+            warning=data.get("warning"), seen_before=data.get("seen_before"), held=list(data.get("held", [])),
         )
 
     def apply_to(self, registry: RegistryState) -> RegistryState:
@@ -101,10 +102,13 @@ def is_suspect(present: int, missing: int, active_before: int, max_drop_pct: flo
     return present == 0 or 100.0 * missing / active_before > max_drop_pct
 
 
-def missing_symbols(contracts: Mapping[str, Contract], registry: RegistryState) -> list[str]:
-    """Active symbols of the registry that the snapshot lacks, sorted."""
+def missing_symbols(
+    contracts: Mapping[str, Contract], registry: RegistryState, unusable: Iterable[str] = (),
+) -> list[str]:
+    """Active symbols of the registry that the snapshot lacks, sorted (a symbol listed but unusable is not
+    missing: it is there)."""
     active = {s for s, row in registry.rows.items() if row.status == ACTIVE}
-    return sorted(active.difference(contracts))
+    return sorted(active.difference(contracts, unusable))
 
 
 def is_unchanged(old: RegistryRow, contract: Contract, now_ms: int, window_ms: int) -> bool:
@@ -194,19 +198,23 @@ def build_plan(
     max_drop_pct: float = 20.0,
     still_listed: Iterable[str] = (),
     unconfirmed: Iterable[str] = (),
+    unusable: Iterable[str] = (),
 ) -> Plan:
     """Classify every symbol and build the rows and events of one sync.
 
     Of the missing symbols, ``still_listed`` ones were found open by a per-symbol check and stay active;
     ``unconfirmed`` ones could not be checked and are delisted only on their second consecutive absence.
+    ``unusable`` ones are listed but could not be used (an invalid record, a symbol twice): their rows stay as
+    they are.
     """
     rows = registry.rows
     baseline = registry.empty
     active_before = registry.active_count()
-    missing = missing_symbols(contracts, registry)
+    unusable = frozenset(unusable)
+    missing = missing_symbols(contracts, registry, unusable)
     suspect = is_suspect(len(contracts), len(missing), active_before, max_drop_pct)
     plan = Plan(sync_id=sync_id, now_ms=now_ms, base_revision=registry.revision, status=SyncStatus.OK,
-                seen_before=registry.last_fetched_at)
+                seen_before=registry.last_fetched_at, held=sorted(unusable.intersection(rows)))
     if baseline:
         plan.status = SyncStatus.BASELINE
     elif suspect:

@@ -49,6 +49,9 @@ class ProcessState:
     expected: tuple[str, RegistryState] | None = None
     memo: ParseMemo = field(default_factory=ParseMemo)  # what parsing remembers (domain.contracts.parse_contracts)
     kept: Kept | None = None
+    # What the last answer held that was not usable, so that the same is warned about once, not every sync.
+    duplicated: frozenset[str] = frozenset()
+    invalid_reasons: tuple[str, ...] = ()
 
     # ---- connections, made lazily ---------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from tokenwatch.cache import hot, keys, lock
 from tokenwatch.clock import HOUR_MS, Timer, now_ms, paused_gc
 from tokenwatch.db.queries import load_head, load_registry, sync_run
 from tokenwatch.db.writer import apply_plan, record_outcome, sync_run_row
-from tokenwatch.domain.contracts import RawJson, contract_list, parse_contracts
+from tokenwatch.domain.contracts import ParseResult, RawJson, contract_list, parse_contracts
 from tokenwatch.domain.diff import Plan, build_plan, is_suspect, missing_symbols
 from tokenwatch.domain.registry import RegistryState
 from tokenwatch.errors import (
@@ -254,7 +254,8 @@ def diff(ctx: StepContext, state: SyncState) -> SyncState:
     else:
         try:
             state.cache_size = hot.stage_entries(
-                ctx.redis, keys.cache_key(state.sync_id), entries, plan.missing, ctx.settings.staging_ttl_s,
+                ctx.redis, keys.cache_key(state.sync_id), entries, [*plan.missing, *plan.held],
+                ctx.settings.staging_ttl_s,
             )
         except redis.RedisError as exc:
             state.cache_error = f"cache stale: Redis unavailable ({one_line(exc)})"
@@ -278,10 +279,9 @@ def _build(ctx: StepContext, state: SyncState, body: bytes | bytearray) -> tuple
             f"snapshot fetched at {fetched_at} is not newer than the applied one ({registry.last_fetched_at})"
         )
     items = decode_contract_list(body)
-    parsed = parse_contracts(items, memo=ctx.process.memo)
-    if parsed.invalid:
-        log.warning("skipped %d invalid contracts, first: %s", parsed.invalid, "; ".join(parsed.reasons))
-    missing = missing_symbols(parsed.contracts, registry)
+    parsed = parse_contracts(items, memo=ctx.process.memo, now_ms=fetched_at)
+    warn_invalid(ctx.process, parsed)
+    missing = missing_symbols(parsed.contracts, registry, parsed.unusable)
     still_listed: list[str] = []
     unconfirmed: list[str] = []
     confirm_ms = 0.0
@@ -294,7 +294,7 @@ def _build(ctx: StepContext, state: SyncState, body: bytes | bytearray) -> tuple
         state.sync_id, parsed.contracts, registry, now_ms=fetched_at,
         window_ms=int(settings.new_listing_window_h * HOUR_MS), fetched=len(items),
         invalid=parsed.invalid, max_drop_pct=settings.max_drop_pct, still_listed=still_listed,
-        unconfirmed=unconfirmed,
+        unconfirmed=unconfirmed, unusable=parsed.unusable,
     )
     ctx.process.expect(plan.sync_id, plan.apply_to(registry))
     # The per-symbol checks are network time: counted in api, not in process.
@@ -302,6 +302,19 @@ def _build(ctx: StepContext, state: SyncState, body: bytes | bytearray) -> tuple
     state.add_time("process", timer.ms() - confirm_ms)
     # The cache holds each contract's JSON exactly as the exchange sent it: no re-encoding.
     return plan, {symbol: c.raw for symbol, c in parsed.contracts.items()}
+
+
+def warn_invalid(process: ProcessState, parsed: ParseResult) -> None:
+    """A WARNING when the answer's invalid records change (not each sync while the same ones stay), and one
+    when symbols start being listed twice; the count is in every sync's outcome."""
+    if parsed.invalid and parsed.reasons != process.invalid_reasons:
+        log.warning("skipped %d invalid contracts, first: %s", parsed.invalid, "; ".join(parsed.reasons))
+    process.invalid_reasons = parsed.reasons
+    new = parsed.duplicated - process.duplicated
+    if new:
+        log.warning("the exchange lists %s more than once: ambiguous, kept as registered until it lists them once",
+                    ", ".join(sorted(new)[:NAMED]) + (f" and {len(new) - NAMED} more" if len(new) > NAMED else ""))
+    process.duplicated = parsed.duplicated
 
 
 def load_state(ctx: StepContext) -> RegistryState:

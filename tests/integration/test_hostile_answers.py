@@ -109,3 +109,47 @@ def test_a_small_answer_with_one_deep_contract_is_applied_too(stack: Stack) -> N
         small.inject("raw_records", texts=[hostile(small, "DEEPUSDTM", "futureField", "[" * 2000 + "]" * 2000)])
         outcome = stack.sync("--inline")
     assert (outcome["status"], outcome["counts"]["invalid"], outcome["counts"]["active"]) == ("ok", 1, 8)
+
+
+def test_a_symbol_twice_is_ambiguous_its_row_stays_and_nothing_flaps(stack: Stack, sim: Simulator) -> None:
+    stack.env["TOKENWATCH_KUCOIN_URL"] = sim.url
+    assert stack.sync("--inline")["status"] == "baseline"
+    twice = sim.symbols()[3]
+    before = stack.query("SELECT * FROM tokens WHERE symbol = ?", twice)
+    copy = {**sim.contract(twice), "maxLeverage": 3}
+    outcomes = []
+    for first in (True, False, True):  # the copies swap places between answers
+        sim.clear_faults()
+        sim.inject("bad_records", records=[copy])  # appended: the exchange's own copy comes first
+        if not first:
+            sim.clear_faults()
+            sim.delist([twice])
+            sim.inject("bad_records", records=[copy, {**copy, "maxLeverage": 100}])
+        result = stack.tokenwatch("sync", "--inline", "--json")
+        outcomes.append(json.loads(result.stdout))
+        assert result.stderr.count(f"duplicate symbol {twice}") >= 1, result.stderr
+        if not first:
+            sim.relist([twice])
+    assert [o["status"] for o in outcomes] == ["ok", "ok", "ok"]
+    assert [o["counts"]["invalid"] for o in outcomes] == [2, 2, 2]
+    assert events(stack) == []  # no params_changed back and forth, no delisting: it is still listed
+    assert stack.query("SELECT * FROM tokens WHERE symbol = ?", twice) == before
+    assert twice in read_everything(stack)
+
+
+def test_dates_that_cannot_be_make_no_event_and_no_ten_year_new_listing(stack: Stack, sim: Simulator) -> None:
+    stack.env["TOKENWATCH_KUCOIN_URL"] = sim.url
+    assert stack.sync("--inline")["status"] == "baseline"
+    perpetual = next(s for s in sim.symbols() if sim.contract(s)["type"] == "FFWCSX")
+    before = stack.query("SELECT * FROM tokens WHERE symbol = ?", perpetual)
+    sim.set_params(perpetual, expireDate=978_307_200_000)  # 2001-01-01
+    future = sim.list_new(1)[0]
+    sim.set_params(future, firstOpenDate=sim.contract(future)["firstOpenDate"] + 10 * 365 * 86_400_000)
+
+    outcome = stack.sync("--inline")
+
+    assert (outcome["status"], outcome["counts"]["invalid"]) == ("ok", 2)
+    assert outcome["counts"]["delisting_scheduled"] == 0 and outcome["counts"]["listed"] == 0
+    assert events(stack) == []
+    assert stack.query("SELECT * FROM tokens WHERE symbol = ?", perpetual) == before  # kept as it was
+    assert stack.query("SELECT count(*) FROM tokens WHERE symbol = ?", future) == [(0,)]

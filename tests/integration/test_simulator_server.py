@@ -393,7 +393,9 @@ def test_bad_records_are_appended(sim: Simulator, client: requests.Session) -> N
     assert len(data) == N + 3
     assert data[-3:] == records
     result = parse_contracts(data)
-    assert result.invalid == 3 and len(result.contracts) == N
+    # The broken XBTUSDTM makes the real one ambiguous too: both copies invalid, the symbol held as registered.
+    assert result.invalid == 4 and len(result.contracts) == N - 1
+    assert result.duplicated == {"XBTUSDTM"} and result.unusable == {"XBTUSDTM", "BROKEN"}
 
 
 def test_faults_on_another_path_and_bad_injections(sim: Simulator, client: requests.Session) -> None:

@@ -278,15 +278,24 @@ def test_overlong_free_text_is_invalid_and_not_echoed() -> None:
 
 # ---- lists of contracts ------------------------------------------------------------------------------------
 
-def test_duplicate_symbols_are_counted_invalid_and_the_first_kept() -> None:
+def test_a_symbol_listed_twice_is_ambiguous_every_copy_invalid_and_none_used() -> None:
     first = valid_contract(tickSize=0.1)
     second = valid_contract(tickSize=0.5)
     other = valid_contract(symbol="ETHUSDTM", baseCurrency="ETH")
-    result = parse_contracts([first, other, second])
-    assert result.invalid == 1
-    assert sorted(result.contracts) == ["ETHUSDTM", "XBTUSDTM"]
-    assert orjson.loads(bytes(result.contracts["XBTUSDTM"].raw)) == first
-    assert result.reasons == ("item 2: duplicate symbol XBTUSDTM",)
+    for order in ([first, other, second], [second, other, first]):  # whichever comes first
+        result = parse_contracts(order)
+        assert result.invalid == 2
+        assert sorted(result.contracts) == ["ETHUSDTM"]
+        assert (result.unusable, result.duplicated) == (frozenset({"XBTUSDTM"}), frozenset({"XBTUSDTM"}))
+        assert result.reasons == ("duplicate symbol XBTUSDTM (2 copies): kept as registered",)
+
+
+def test_an_invalid_record_with_a_readable_symbol_is_unusable_not_absent() -> None:
+    broken = valid_contract(lotSize=-1)
+    raw = orjson.dumps(valid_contract(symbol="ETHUSDTM", baseCurrency="ETH"))[:-1] + b',"x":1e400}'
+    result = parse_contracts([orjson.dumps(broken), raw, orjson.dumps({"no": "symbol"})])
+    assert (result.invalid, result.contracts) == (3, {})
+    assert result.unusable == {"XBTUSDTM", "ETHUSDTM"} and result.duplicated == frozenset()
 
 
 def test_junk_items_never_raise_and_are_counted() -> None:

@@ -454,3 +454,14 @@ def test_apply_to_gives_the_next_revision_with_delisted_rows() -> None:
     # The registry the plan was built on is left as it was.
     assert reg.rows["DOGEUSDTM"].status == ACTIVE
     assert "NEWUSDTM" not in reg.rows
+
+
+def test_a_listed_but_unusable_symbol_is_held_as_it_is_not_missing() -> None:
+    held, gone = contract("XBTUSDTM"), contract("ETHUSDTM")
+    reg = registry(stored(held), stored(gone), stored(contract("SOLUSDTM")))
+    plan = plan_for([contract("SOLUSDTM")], reg, unusable=["XBTUSDTM"], max_drop_pct=50)
+    assert plan.held == ["XBTUSDTM"]
+    assert plan.delist == ["ETHUSDTM"] and "XBTUSDTM" not in plan.missing + plan.pending
+    assert events(plan) == [("ETHUSDTM", "delisted")]
+    assert all(row.symbol != "XBTUSDTM" for row in plan.upserts)
+    assert plan.apply_to(reg).rows["XBTUSDTM"] == reg.rows["XBTUSDTM"]
