@@ -12,28 +12,30 @@ from tokenwatch.domain.diff import is_new
 from tokenwatch.domain.registry import ACTIVE, DELISTED, TOKEN_COLUMNS, RegistryHead, RegistryRow, RegistryState
 
 _ALL_TOKENS = select(*(tokens.c[c] for c in TOKEN_COLUMNS))
-_HEAD = select(registry_state.c.revision, registry_state.c.last_sync_id, registry_state.c.last_fetched_at).where(
-    registry_state.c.id == 1)
+_HEAD = select(
+    registry_state.c.revision, registry_state.c.last_sync_id, registry_state.c.last_fetched_at,
+    registry_state.c.registry_id, registry_state.c.pending_change,
+).where(registry_state.c.id == 1)
 
 
-def _head(conn: Connection) -> RegistryHead:
-    revision, last_sync_id, last_fetched_at = conn.execute(_HEAD).one()
-    return RegistryHead(int(revision), last_sync_id, last_fetched_at)
+def _head(conn: Connection) -> tuple[RegistryHead, str | None]:
+    revision, last_sync_id, last_fetched_at, registry_id, pending_change = conn.execute(_HEAD).one()
+    return RegistryHead(int(revision), last_sync_id, last_fetched_at, registry_id), pending_change
 
 
 def load_head(engine: Engine) -> RegistryHead:
     """Which commit the registry is at (one row)."""
     with engine.connect() as conn:
-        return _head(conn)
+        return _head(conn)[0]
 
 
 def load_registry(engine: Engine) -> RegistryState:
     """Every token row and the head, read in one transaction."""
     with engine.connect() as conn:
-        head = _head(conn)
+        head, pending_change = _head(conn)
         rows = {row[0]: RegistryRow.from_row(resolve_last_seen(row, head.last_fetched_at))
                 for row in conn.execute(_ALL_TOKENS)}
-    return RegistryState(head=head, rows=rows)
+    return RegistryState(head=head, rows=rows, pending_change=pending_change)
 
 
 _STATUS_AT = TOKEN_COLUMNS.index("status")

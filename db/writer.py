@@ -81,7 +81,7 @@ _APPLIED = select(sync_runs.c.revision).where(
 _ADVANCE = (
     update(registry_state).where(registry_state.c.id == 1)
     .values(revision=bindparam("b_revision"), last_sync_id=bindparam("b_sync_id"),
-            last_fetched_at=bindparam("b_fetched_at"))
+            last_fetched_at=bindparam("b_fetched_at"), pending_change=bindparam("b_pending"))
 )
 _RUN_COLUMNS = tuple(c.name for c in sync_runs.c)
 _NEW_RUN = insert(sync_runs)
@@ -146,7 +146,8 @@ def _apply(
         conn.execute(_HISTORY, list(rows))
         batches += 1
     revision = int(state.revision) + 1
-    conn.execute(_ADVANCE, {"b_revision": revision, "b_sync_id": plan.sync_id, "b_fetched_at": plan.now_ms})
+    conn.execute(_ADVANCE, {"b_revision": revision, "b_sync_id": plan.sync_id, "b_fetched_at": plan.now_ms,
+                            "b_pending": plan.pending_change})
     conn.execute(_NEW_RUN, sync_run_row(
         plan.sync_id, started_at=started_at, status=plan.status, counts=plan.counts, timings=timings,
         error=plan.warning, revision=revision,

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
+
+import msgspec
+import orjson
 
 from tokenwatch.domain.contracts import METADATA_KEYS, Contract
 from tokenwatch.domain.registry import ACTIVE, DELISTED, RegistryHead, RegistryRow, RegistryState
@@ -48,6 +52,7 @@ class Plan:
     pending: list[str] = field(default_factory=list)  # absent for the first time: mark missing_since
     seen_before: int | None = None  # when the previous snapshot was taken: the missing ones' last sighting
     warning: str | None = None
+    pending_change: str | None = None  # a mass change held back (JSON), for the next sync to confirm
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able form, for staging the plan in Redis between tasks."""
@@ -56,7 +61,7 @@ class Plan:
             "status": str(self.status), "upserts": [row.as_row() for row in self.upserts],
             "delist": self.delist, "events": [[e.symbol, e.event_type, e.details] for e in self.events],
             "counts": self.counts, "missing": self.missing, "pending": self.pending, "warning": self.warning,
-            "seen_before": self.seen_before, "held": self.held,
+            "seen_before": self.seen_before, "held": self.held, "pending_change": self.pending_change,
         }
 
     @classmethod
@@ -68,6 +73,7 @@ class Plan:
             delist=list(data["delist"]), events=[Event(s, t, d) for s, t, d in data["events"]],
             counts=dict(data["counts"]), missing=list(data["missing"]), pending=list(data["pending"]),
             warning=data.get("warning"), seen_before=data.get("seen_before"), held=list(data.get("held", [])),
+            pending_change=data.get("pending_change"),
         )
 
     def apply_to(self, registry: RegistryState) -> RegistryState:
@@ -80,8 +86,8 @@ class Plan:
         for symbol in self.pending:
             rows[symbol] = dataclasses.replace(
                 rows[symbol], missing_since=self.now_ms, last_seen=self.seen_before or rows[symbol].last_seen)
-        head = RegistryHead(registry.revision + 1, self.sync_id, self.now_ms)
-        return RegistryState(head=head, rows=rows)
+        head = RegistryHead(registry.revision + 1, self.sync_id, self.now_ms, registry.head.registry_id)
+        return RegistryState(head=head, rows=rows, pending_change=self.pending_change)
 
 
 def _delisted(old: RegistryRow, now_ms: int, seen_before: int | None) -> RegistryRow:
@@ -215,14 +221,19 @@ def build_plan(
     suspect = is_suspect(len(contracts), len(missing), active_before, max_drop_pct)
     plan = Plan(sync_id=sync_id, now_ms=now_ms, base_revision=registry.revision, status=SyncStatus.OK,
                 seen_before=registry.last_fetched_at, held=sorted(unusable.intersection(rows)))
-    if baseline:
-        plan.status = SyncStatus.BASELINE
-    elif suspect:
-        plan.status = SyncStatus.SUSPECT
-        plan.warning = (
+    warnings: list[str] = []
+    if suspect:
+        warnings.append(
             f"suspect snapshot: {len(missing)} of {active_before} active contracts missing "
             f"({100.0 * len(missing) / active_before:.0f}% > {max_drop_pct:g}%); nothing delisted"
         )
+    contracts, held_flips = _hold_mass_status_flip(plan, contracts, registry, max_drop_pct, warnings)
+    if baseline:
+        plan.status = SyncStatus.BASELINE
+    elif warnings:
+        plan.status = SyncStatus.SUSPECT
+        plan.warning = "; ".join(warnings)
+    plan.held = sorted({*plan.held, *held_flips})
     counts = zero_counts()
     counts["fetched"] = fetched
     counts["invalid"] = invalid
@@ -243,6 +254,37 @@ def build_plan(
     counts["active"] = active_before + added + counts["relisted"] - counts["delisted"]
     plan.counts = counts
     return plan
+
+
+def _hold_mass_status_flip(
+    plan: Plan, contracts: Mapping[str, Contract], registry: RegistryState, max_drop_pct: float,
+    warnings: list[str],
+) -> tuple[Mapping[str, Contract], list[str]]:
+    """Like a mass disappearance, a change of status of more than max_drop_pct percent of the active contracts
+    in one answer is suspect: held back (the rows and the cache keep their status) and remembered in
+    plan.pending_change; the same change seen by the next sync too is real and applied. Returns the contracts to
+    classify (the held ones with their registered status) and the symbols held."""
+    rows = registry.rows
+    flips = sorted(
+        (symbol, old.contract_status, contract.status) for symbol, contract in contracts.items()
+        if (old := rows.get(symbol)) is not None and old.status == ACTIVE and contract.status != old.contract_status
+    )
+    active = registry.active_count()
+    if not active or 100.0 * len(flips) / active <= max_drop_pct:
+        return contracts, []
+    change = orjson.dumps({"kind": "status", "digest": hashlib.sha256(orjson.dumps(flips)).hexdigest()[:16],
+                           "count": len(flips)}).decode()
+    if change == registry.pending_change:
+        return contracts, []  # seen twice in a row: real
+    plan.pending_change = change
+    warnings.append(
+        f"suspect snapshot: {len(flips)} of {active} active contracts change status "
+        f"({100.0 * len(flips) / active:.0f}% > {max_drop_pct:g}%); held back until the next sync sees the same"
+    )
+    held = {symbol: old_status for symbol, old_status, _ in flips}
+    kept = {symbol: msgspec.structs.replace(contract, status=held[symbol]) if symbol in held else contract
+            for symbol, contract in contracts.items()}
+    return kept, list(held)
 
 
 def _absent(

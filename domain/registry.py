@@ -66,11 +66,12 @@ def _opt_int(value: object) -> int | None:
 
 @dataclass(frozen=True, slots=True)
 class RegistryHead:
-    """Which commit the registry is at: its revision, the sync that made it, and when that sync fetched."""
+    """Which registry, and which commit of it: its revision, the sync that made it, when that sync fetched."""
 
     revision: int
     last_sync_id: str | None = None
     last_fetched_at: int | None = None
+    registry_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,7 @@ class RegistryState:
 
     head: RegistryHead
     rows: dict[str, RegistryRow]
+    pending_change: str | None = None  # a mass change held back by the sync that made this head (diff.py)
 
     @property
     def revision(self) -> int:

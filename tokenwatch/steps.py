@@ -300,8 +300,10 @@ def _build(ctx: StepContext, state: SyncState, body: bytes | bytearray) -> tuple
     # The per-symbol checks are network time: counted in api, not in process.
     state.add_time("api", confirm_ms)
     state.add_time("process", timer.ms() - confirm_ms)
-    # The cache holds each contract's JSON exactly as the exchange sent it: no re-encoding.
-    return plan, {symbol: c.raw for symbol, c in parsed.contracts.items()}
+    # The cache holds each contract's JSON exactly as the exchange sent it: no re-encoding. A held symbol keeps
+    # the entry the cache has.
+    held = set(plan.held)
+    return plan, {symbol: c.raw for symbol, c in parsed.contracts.items() if symbol not in held}
 
 
 def warn_invalid(process: ProcessState, parsed: ParseResult) -> None:

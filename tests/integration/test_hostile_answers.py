@@ -153,3 +153,33 @@ def test_dates_that_cannot_be_make_no_event_and_no_ten_year_new_listing(stack: S
     assert events(stack) == []
     assert stack.query("SELECT * FROM tokens WHERE symbol = ?", perpetual) == before  # kept as it was
     assert stack.query("SELECT count(*) FROM tokens WHERE symbol = ?", future) == [(0,)]
+
+
+def test_a_mass_status_flip_is_held_once_as_suspect_then_applied_when_seen_again(
+    stack: Stack, sim: Simulator,
+) -> None:
+    stack.env["TOKENWATCH_KUCOIN_URL"] = sim.url
+    assert stack.sync("--inline")["status"] == "baseline"
+    everything = sim.symbols()
+    sim.pause(everything)
+
+    held = stack.tokenwatch("sync", "--inline", "--json")
+    first = json.loads(held.stdout)
+    assert (first["status"], first["counts"]["status_changed"]) == ("suspect", 0)
+    assert first["error"] == (f"suspect snapshot: {CONTRACTS} of {CONTRACTS} active contracts change status "
+                              "(100% > 20%); held back until the next sync sees the same")
+    assert held.stderr.count("held back until the next sync sees the same") == 1  # one WARNING line
+    assert events(stack) == []
+    assert {s for (s,) in stack.query("SELECT contract_status FROM tokens")} == {"Open"}
+
+    second = stack.sync("--inline")  # the same change again: real
+    assert (second["status"], second["counts"]["status_changed"]) == ("ok", CONTRACTS)
+    assert sorted(events(stack)) == sorted((s, "status_changed") for s in everything)
+    assert {s for (s,) in stack.query("SELECT contract_status FROM tokens")} == {"Paused"}
+
+    sim.resume(everything)
+    assert stack.sync("--inline")["status"] == "suspect"  # and the way back too
+    sim.pause(everything[:1])  # a different change than the one held: held again, not applied
+    again = stack.sync("--inline")
+    assert (again["status"], again["counts"]["status_changed"]) == ("suspect", 0)
+    assert len(events(stack)) == CONTRACTS

@@ -224,7 +224,7 @@ def test_expiring_future_with_expire_date_is_not_delisting_scheduled() -> None:
 
 def test_status_change_open_to_paused() -> None:
     reg = registry(stored(contract()))
-    plan = plan_for([contract(status="Paused")], reg)
+    plan = plan_for([contract(status="Paused")], reg, max_drop_pct=100)  # one of one is a mass change otherwise
     assert events(plan) == [("XBTUSDTM", "status_changed")]
     assert plan.events[0].details == {"from": "Open", "to": "Paused"}
     (row,) = plan.upserts
@@ -465,3 +465,27 @@ def test_a_listed_but_unusable_symbol_is_held_as_it_is_not_missing() -> None:
     assert events(plan) == [("ETHUSDTM", "delisted")]
     assert all(row.symbol != "XBTUSDTM" for row in plan.upserts)
     assert plan.apply_to(reg).rows["XBTUSDTM"] == reg.rows["XBTUSDTM"]
+
+
+def test_a_mass_status_flip_is_held_then_applied_when_the_next_sync_sees_the_same() -> None:
+    reg = registry(*(stored(contract(s)) for s in SYMBOLS))
+    paused = [contract(s, status="Paused") for s in SYMBOLS]
+    held = plan_for(paused, reg)
+    assert (held.status, held.events, held.upserts, held.held) == ("suspect", [], [], sorted(SYMBOLS))
+    assert held.counts["status_changed"] == 0 and held.pending_change is not None
+    assert held.warning == ("suspect snapshot: 5 of 5 active contracts change status (100% > 20%); held back "
+                            "until the next sync sees the same")
+    after = held.apply_to(reg)
+    assert {row.contract_status for row in after.rows.values()} == {"Open"}
+    applied = plan_for(paused, after)
+    assert (applied.status, applied.counts["status_changed"], applied.pending_change) == ("ok", 5, None)
+    assert {row.contract_status for row in applied.apply_to(after).rows.values()} == {"Paused"}
+    other = plan_for([contract(s, status="Closed") for s in SYMBOLS], after)  # another change: held afresh
+    assert (other.status, other.counts["status_changed"]) == ("suspect", 0)
+    assert other.pending_change != held.pending_change
+
+
+def test_a_status_flip_under_the_bound_is_applied_at_once() -> None:
+    reg = registry(*(stored(contract(s)) for s in SYMBOLS))
+    plan = plan_for([contract(SYMBOLS[0], status="Paused"), *(contract(s) for s in SYMBOLS[1:])], reg)
+    assert (plan.status, plan.counts["status_changed"], plan.pending_change) == ("ok", 1, None)
