@@ -47,39 +47,56 @@ def stage_entries(
 
 # One round trip, atomic: readers see the old hash and version or the new ones, never a mix. UNLINK frees the
 # old hash in Redis's background thread instead of inside the swap, where a large hash would take long to free.
-# KEYS[4..]: staging keys the caller has consumed (the applied plan), dropped in the same round trip.
+# KEYS: version, staged hash, live hash, origin. ARGV: revision, staged size, registry id, sync id, and the
+# registry's head revision now. Replies: 0 left as it was, 1 replaced, 2 replaced another registry's cache,
+# 3 replaced a cache of this registry that was ahead of its head (a restored backup) or from another commit
+# of the same revision; -1 the staged hash is gone.
 _PUBLISH = """
-local function swap()
-  local current = redis.call('GET', KEYS[1])
-  if current and tonumber(current) >= tonumber(ARGV[1]) then return 0 end
-  local staged = redis.call('EXISTS', KEYS[2]) == 1
-  if tonumber(ARGV[2]) > 0 and not staged then return -1 end
-  redis.call('UNLINK', KEYS[3])
-  if staged then
-    redis.call('RENAME', KEYS[2], KEYS[3])
-    redis.call('PERSIST', KEYS[3])
+local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
+local origin = redis.call('GET', KEYS[4])
+local revision = tonumber(ARGV[1])
+local ours = ARGV[3] .. ' ' .. ARGV[4]
+local reply = 1
+if origin then
+  if string.match(origin, '^(%S+)') ~= ARGV[3] then
+    reply = 2
+  elseif current > revision then
+    if tonumber(ARGV[5]) > revision then return 0 end
+    reply = 3
+  elseif current == revision then
+    if origin == ours then return 0 end
+    reply = 3
   end
-  redis.call('SET', KEYS[1], ARGV[1])
-  return 1
+elseif current >= 0 then
+  reply = 2
 end
-local done = swap()
-if done >= 0 and #KEYS > 3 then redis.call('UNLINK', unpack(KEYS, 4)) end
-return done
+local staged = redis.call('EXISTS', KEYS[2]) == 1
+if tonumber(ARGV[2]) > 0 and not staged then return -1 end
+redis.call('UNLINK', KEYS[3])
+if staged then
+  redis.call('RENAME', KEYS[2], KEYS[3])
+  redis.call('PERSIST', KEYS[3])
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[4], ours)
+return reply
 """
 
+KEPT, REPLACED, OTHER_REGISTRY, AHEAD = 0, 1, 2, 3
 
-def publish(client: redis.Redis, staged_key: str, revision: int, size: int, *, consumed: Sequence[str] = ()) -> bool:
-    """Atomically replace the live hash with the staged one and set the version to revision, and drop the
-    ``consumed`` staging keys (also when the cache already showed this revision).
 
-    Returns False, leaving the cache as it was, when it already shows this revision or a newer one.
-    """
+def publish(client: redis.Redis, staged_key: str, revision: int, size: int, *, registry_id: str, sync_id: str,
+            head: int) -> int:
+    """Atomically replace the live hash with the staged one, as revision of registry registry_id made by sync_id;
+    head is the registry's revision now. Returns KEPT when the cache already shows this commit or a newer one of
+    this registry (and leaves it), REPLACED, or OTHER_REGISTRY / AHEAD when what it replaced was not to be
+    trusted (another registry's, or ahead of this registry's head: a restored backup)."""
     done = int(cast("int", client.register_script(_PUBLISH)(
-        keys=[keys.VERSION, staged_key, keys.TOKENS, *consumed], args=[revision, size],
+        keys=[keys.VERSION, staged_key, keys.TOKENS, keys.ORIGIN], args=[revision, size, registry_id, sync_id, head],
     )))
     if done < 0:
         raise LookupError(f"staged cache {staged_key} is gone (expired or flushed)")
-    return done == 1
+    return done
 
 
 def cache_version(client: redis.Redis) -> int | None:
@@ -107,18 +124,21 @@ class HotCache:
 
     client: redis.Redis
     version: int | None = None
+    origin: bytes | None = None  # which registry and commit the snapshot shows (keys.ORIGIN)
     unreadable: frozenset[str] = frozenset()
     _data: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def refresh(self) -> bool:
-        """Reload if the version moved; True when a new snapshot was swapped in."""
-        version = cache_version(self.client)
-        if version == self.version:
+        """Reload if the version or its origin moved; True when a new snapshot was swapped in."""
+        raw_version, origin = self.client.mget(keys.VERSION, keys.ORIGIN)
+        version = None if raw_version is None else int(raw_version)
+        if version == self.version and origin == self.origin:
             return False
         pipe = self.client.pipeline(transaction=True)
         pipe.get(keys.VERSION)
+        pipe.get(keys.ORIGIN)
         pipe.hgetall(keys.TOKENS)
-        raw_version, raw = pipe.execute()
+        raw_version, origin, raw = pipe.execute()
         data: dict[str, dict[str, Any]] = {}
         unreadable: set[str] = set()
         for symbol, value in raw.items():
@@ -135,6 +155,7 @@ class HotCache:
         self._data = data
         self.unreadable = frozenset(unreadable)
         self.version = None if raw_version is None else int(raw_version)
+        self.origin = origin
         return True
 
     def get(self, symbol: str) -> dict[str, Any] | None:

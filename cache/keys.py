@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 TOKENS = "tokenwatch:tokens"
-VERSION = "tokenwatch:tokens:version"
+VERSION = "tokenwatch:tokens:version"  # the registry revision the hash shows
+ORIGIN = "tokenwatch:tokens:origin"  # "<registry id> <sync id>": which registry, which commit of it
 EVENTS = "tokenwatch:events"
+EVENTS_CURSOR = "tokenwatch:events:cursor"  # hash: registry, history_id, sync_id of the last event appended
 SYNC_LOCK = "tokenwatch:sync:lock"
 _STAGING = "tokenwatch:staging"
 

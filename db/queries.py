@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, desc, func, select
+from sqlalchemy import Connection, Engine, bindparam, desc, select
 
 from tokenwatch.db.schema import registry_state, sync_runs, token_history, tokens
 from tokenwatch.domain.diff import is_new
@@ -98,19 +98,28 @@ def recent_syncs(engine: Engine, limit: int = 10) -> list[dict[str, Any]]:
 # The outbox read runs after every sync: built once (building costs more than running it). It starts after
 # the later of the caller's cursor and the one stored with the registry, in one query.
 _EVENTS_AFTER = (
-    select(token_history)
-    .where(token_history.c.id > func.max(
-        bindparam("b_after"), func.coalesce(select(registry_state.c.last_event_id).scalar_subquery(), 0),
-    ))
-    .order_by(token_history.c.id)
-    .limit(bindparam("b_limit"))
+    select(token_history).where(token_history.c.id > bindparam("b_after"))
+    .order_by(token_history.c.id).limit(bindparam("b_limit"))
 )
 
 
 def events_after(engine: Engine, after_id: int, limit: int) -> list[dict[str, Any]]:
-    """History events with id above both after_id and the stored outbox cursor, oldest first (the outbox read)."""
+    """History events with an id above after_id, oldest first (the outbox read)."""
     with engine.connect() as conn:
         return [dict(row._mapping) for row in conn.execute(_EVENTS_AFTER, {"b_after": after_id, "b_limit": limit})]
+
+
+def event_sync_ids(engine: Engine, ids: Sequence[int]) -> dict[int, str]:
+    """The sync id of each history event among ids that exists."""
+    query = select(token_history.c.id, token_history.c.sync_id).where(token_history.c.id.in_(list(ids)))
+    with engine.connect() as conn:
+        return {int(event_id): str(sync_id) for event_id, sync_id in conn.execute(query)}
+
+
+def outbox_cursor(engine: Engine) -> int:
+    """The history id of the last event this registry recorded as appended to the stream."""
+    with engine.connect() as conn:
+        return int(conn.execute(select(registry_state.c.last_event_id)).scalar_one() or 0)
 
 
 def sync_run(engine: Engine, sync_id: str) -> dict[str, Any] | None:

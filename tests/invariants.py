@@ -3,14 +3,16 @@
 ``check_invariants(db_path, redis_client)`` reads the SQLite file and the hot cache and raises AssertionError
 naming every broken invariant:
 
-1. When the cache version equals the registry revision, every active token is in the hash ``tokenwatch:tokens``;
-   the cache version is never ahead of the registry revision.
+1. The hot cache of this registry (``tokenwatch:tokens:origin`` names it) holds active tokens only, and all of
+   them when it shows the registry's revision; its version is never ahead of the registry revision.
 2. No symbol has two open listings: no two ``listed``/``relisted`` events without a ``delisted`` between them
    (history read per symbol in insertion order); a symbol's status agrees with its last lifecycle event.
 3. History has no duplicate (symbol, event_type, sync_id), and every event belongs to an applied sync.
 4. ``sync_runs`` tells every sync's outcome: each status is one of ok/baseline/suspect/skipped/failed, failed
    rows carry a one-line error, and the applied rows (those with a revision) number exactly
    ``registry_state.revision``, with revisions 1..revision each used once.
+5. The event stream equals the history: every history event is in ``tokenwatch:events`` exactly once, in
+   history order, and every entry the stream holds for this registry is one of its history events.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import redis
 
 TOKENS_KEY = "tokenwatch:tokens"
 VERSION_KEY = "tokenwatch:tokens:version"
+ORIGIN_KEY = "tokenwatch:tokens:origin"
+EVENTS_KEY = "tokenwatch:events"
 STATUSES = frozenset({"ok", "baseline", "suspect", "skipped", "failed"})
 OPENING = frozenset({"listed", "relisted"})
 CLOSING = "delisted"
@@ -38,7 +42,7 @@ def _read_db(db_path: Path) -> dict[str, list[tuple[object, ...]]]:
         if not {"tokens", "token_history", "sync_runs", "registry_state"} <= tables:
             return {}
         data = {
-            "state": con.execute("SELECT revision FROM registry_state").fetchall(),
+            "state": con.execute("SELECT revision, registry_id FROM registry_state").fetchall(),
             "active": con.execute("SELECT symbol FROM tokens WHERE status = 'active'").fetchall(),
             "status": con.execute("SELECT symbol, status FROM tokens").fetchall(),
             "events": con.execute(
@@ -51,14 +55,21 @@ def _read_db(db_path: Path) -> dict[str, list[tuple[object, ...]]]:
         con.close()
 
 
-def _read_cache(client: redis.Redis) -> tuple[int | None, set[str]]:
-    """The cache version and the hash's fields, read atomically (publish swaps both in one MULTI)."""
+def _read_cache(client: redis.Redis) -> tuple[int | None, str | None, set[str]]:
+    """The cache version, its origin's registry and the hash's fields, read atomically (publish swaps all three
+    in one script)."""
     pipe = client.pipeline(transaction=True)
     pipe.get(VERSION_KEY)
+    pipe.get(ORIGIN_KEY)
     pipe.hkeys(TOKENS_KEY)
-    raw_version, fields = pipe.execute()
+    raw_version, origin, fields = pipe.execute()
     version = None if raw_version is None else int(raw_version)
-    return version, {f.decode() if isinstance(f, bytes) else str(f) for f in fields}
+    registry = None if origin is None else origin.decode().split(" ", 1)[0]
+    return version, registry, {f.decode() if isinstance(f, bytes) else str(f) for f in fields}
+
+
+def _read_stream(client: redis.Redis) -> list[dict[str, str]]:
+    return [{k.decode(): v.decode() for k, v in fields.items()} for _id, fields in client.xrange(EVENTS_KEY)]
 
 
 def _show(items: list[object] | set[object]) -> str:
@@ -80,9 +91,9 @@ def check_invariants(db_path: Path | str, redis_client: redis.Redis) -> None:
     # -- registry_state and sync_runs -------------------------------------------------------------------
     if len(data["state"]) != 1:
         problems.append(f"registry_state has {len(data['state'])} rows, expected exactly 1")
-        revision = 0
+        revision, registry_id = 0, None
     else:
-        revision = int(data["state"][0][0])
+        revision, registry_id = int(data["state"][0][0]), data["state"][0][1]
     bad_status = [(sid, st) for sid, st, _, _ in data["runs"] if st not in STATUSES]
     if bad_status:
         problems.append(f"sync_runs rows with an unknown status: {_show(bad_status)}")
@@ -138,15 +149,30 @@ def check_invariants(db_path: Path | str, redis_client: redis.Redis) -> None:
             f"{_show(disagree)}")
 
     # -- hot cache ------------------------------------------------------------------------------------------
-    version, cached = _read_cache(redis_client)
-    if version is not None and version > revision:
-        problems.append(f"cache version {version} is ahead of the registry revision {revision}")
-    if version == revision:
-        active = {str(row[0]) for row in data["active"]}
+    version, cache_registry, cached = _read_cache(redis_client)
+    active = {str(row[0]) for row in data["active"]}
+    if cache_registry == registry_id and version is not None:
+        if version > revision:
+            problems.append(f"cache version {version} is ahead of the registry revision {revision}")
+        stray = cached - active
+        if stray:
+            problems.append(f"{len(stray)} symbols in {TOKENS_KEY} are not active tokens: {_show(set(stray))}")
         absent = active - cached
-        if absent:
+        if version == revision and absent:
             problems.append(
                 f"{len(absent)} active tokens missing from {TOKENS_KEY} at version {version}: {_show(set(absent))}")
+
+    # -- event stream -------------------------------------------------------------------------------------------
+    entries = [(e.get("registry"), e.get("history_id"), e.get("sync_id"), e.get("symbol"), e.get("event_type"))
+               for e in _read_stream(redis_client)]
+    ours = [(int(h), s, sym, kind) for reg, h, s, sym, kind in entries if reg == registry_id and h is not None]
+    expected = [(int(i), str(s), str(sym), str(kind)) for i, sym, kind, s in data["events"]]
+    if ours != expected:
+        missing = set(expected) - set(ours)
+        extra = [e for e in ours if e not in set(expected)]
+        doubled = {e for e in ours if ours.count(e) > 1}
+        problems.append(f"the event stream is not the history: {len(missing)} events missing {_show(missing)}, "
+                        f"{len(extra)} not in the history {_show(extra)}, {len(doubled)} twice {_show(doubled)}")
 
     if problems:
         raise AssertionError(f"registry invariants broken in {db_path}:\n- " + "\n- ".join(problems))

@@ -25,7 +25,7 @@ from tokenwatch.db.queries import load_head, load_registry, sync_run
 from tokenwatch.db.writer import apply_plan, record_outcome, sync_run_row
 from tokenwatch.domain.contracts import ParseResult, RawJson, contract_list, parse_contracts
 from tokenwatch.domain.diff import Plan, build_plan, is_suspect, missing_symbols
-from tokenwatch.domain.registry import RegistryState
+from tokenwatch.domain.registry import RegistryHead, RegistryState
 from tokenwatch.errors import (
     BadResponseError,
     FetchError,
@@ -368,7 +368,7 @@ def write(ctx: StepContext, state: SyncState) -> SyncState:
         applied = recorded_state(engine, state.sync_id)
         if applied is None:
             raise
-        _publish_events(ctx, engine)
+        _publish_events(ctx, engine, load_head(engine))
         return applied
     timer = Timer()
     result = apply_plan(engine, plan, batch_size=ctx.settings.batch_size, started_at=state.started_at,
@@ -379,13 +379,14 @@ def write(ctx: StepContext, state: SyncState) -> SyncState:
         ctx.process.committed(plan.sync_id)
     timer = Timer()
     if ctx.redis is not None and state.cache_size is not None:
+        head = load_head(engine)  # which registry this is, and its revision now (another writer may be ahead)
         try:
-            hot.publish(ctx.redis, keys.cache_key(state.sync_id), result.revision, state.cache_size)
+            _publish_cache(ctx.redis, state, result.revision, head)
         except (redis.RedisError, LookupError) as exc:
             state.cache_error = f"cache stale: {one_line(exc)}"
         else:
             # Also on a redelivered write: events committed by a first delivery that died before publishing.
-            _publish_events(ctx, engine)
+            _publish_events(ctx, engine, head)
         with contextlib.suppress(redis.RedisError):  # the staging keys expire by themselves
             ctx.handoff.discard(state.sync_id)
     state.add_time("cache", timer.ms())
@@ -394,12 +395,25 @@ def write(ctx: StepContext, state: SyncState) -> SyncState:
     return state.end(plan.status, plan.warning)
 
 
-def _publish_events(ctx: StepContext, engine: Engine) -> None:
+def _publish_cache(client: redis.Redis, state: SyncState, revision: int, head: RegistryHead) -> None:
+    """Swap the staged cache in as this commit's; say so once when what it replaced was not to be trusted."""
+    registry_id = head.registry_id or ""
+    done = hot.publish(client, keys.cache_key(state.sync_id), revision, state.cache_size or 0,
+                       registry_id=registry_id, sync_id=state.sync_id, head=head.revision)
+    if done == hot.OTHER_REGISTRY:
+        log.warning("the hot cache belonged to another registry (a recreated database, or an older release's "
+                    "cache): replaced with this registry's revision %d", revision)
+    elif done == hot.AHEAD:
+        log.warning("the hot cache showed a newer revision of this registry than the database has (a restored "
+                    "backup?): replaced with revision %d", revision)
+
+
+def _publish_events(ctx: StepContext, engine: Engine, head: RegistryHead) -> None:
     """Append committed events to the stream; on failure they go out after the next commit."""
-    if ctx.redis is None:
+    if ctx.redis is None or head.registry_id is None:
         return
     try:
-        publish_pending(engine, ctx.redis)
+        publish_pending(engine, ctx.redis, head.registry_id)
     except (redis.RedisError, SQLAlchemyError) as exc:
         log.warning("events not published yet (%s): they follow after the next commit", one_line(exc))
 

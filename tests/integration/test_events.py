@@ -15,6 +15,7 @@ from tests.conftest import Stack
 from tests.steps_support import run_steps, step_context
 from tokenwatch import pipeline, steps
 from tokenwatch.cache import keys, lock
+from tokenwatch.db.queries import load_head
 from tokenwatch.db.writer import apply_plan
 from tokenwatch.embedded import EmbeddedRedis
 from tokenwatch.outbox import publish_pending
@@ -43,9 +44,12 @@ def test_events_reach_the_stream_through_the_worker_and_the_cli(stack: Stack) ->
     assert sorted((f["symbol"], f["event_type"]) for _, f in entries) == sorted(
         [(s, "listed") for s in listed] + [(gone, "delisted")])
     assert {f["sync_id"] for _, f in entries} == {outcome["sync_id"]}
-    assert all(set(f) == {"symbol", "event_type", "event_time", "sync_id", "details"} for _, f in entries)
-    history_ids = [r[0] for r in stack.query("SELECT id FROM token_history ORDER BY id")]
-    assert [int(i.split("-")[1]) for i, _ in entries] == history_ids
+    assert all(set(f) == {"symbol", "event_type", "event_time", "sync_id", "details", "registry", "history_id"}
+               for _, f in entries)
+    history_ids = [str(r[0]) for r in stack.query("SELECT id FROM token_history ORDER BY id")]
+    assert [f["history_id"] for _, f in entries] == history_ids
+    (registry_id,) = stack.query("SELECT registry_id FROM registry_state")[0]
+    assert {f["registry"] for _, f in entries} == {registry_id}
 
     printed = stack.tokenwatch("events", "--json")
     assert printed.returncode == 0, printed.stderr
@@ -73,13 +77,15 @@ def test_exactly_once_after_a_crash_between_commit_and_publish(
         lock.release(redis_client, state.sync_id)
         assert _stream(redis_client) == []
 
-        assert publish_pending(engine, redis_client) == 3  # the redelivered or next write publishes them
-        assert publish_pending(engine, redis_client) == 0  # and a second publisher adds nothing
+        registry_id = load_head(engine).registry_id
+        assert registry_id is not None
+        assert publish_pending(engine, redis_client, registry_id) == 3  # the redelivered or next write does it
+        assert publish_pending(engine, redis_client, registry_id) == 0  # and a second publisher adds nothing
         assert len(_stream(redis_client)) == 3
 
-        # The stream lost (Redis flushed): the database cursor stops old events from going out again.
-        redis_client.delete(keys.EVENTS)
-        assert publish_pending(engine, redis_client) == 0
+        # The stream lost (Redis flushed): the database's own cursor stops old events from going out again.
+        redis_client.delete(keys.EVENTS, keys.EVENTS_CURSOR)
+        assert publish_pending(engine, redis_client, registry_id) == 0
         sim.list_new(1)
         assert pipeline.sync_inline(settings).counts["listed"] == 1
         assert [f["event_type"] for _, f in _stream(redis_client)] == ["listed"]

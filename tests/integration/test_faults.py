@@ -947,6 +947,13 @@ BROKEN: dict[str, tuple[str, str | None, str]] = {
     "applied_rows_do_not_match_revision": (
         "UPDATE registry_state SET revision = 3", None,
         "1 applied sync_runs rows but registry_state.revision is 3"),
+    "cache_holds_a_token_that_is_not_active": (
+        "", "stray", "1 symbols in tokenwatch:tokens are not active tokens: 'GONEUSDTM'"),
+    "event_missing_from_the_stream": (
+        "INSERT INTO token_history (symbol, event_type, event_time, sync_id, details) "
+        "SELECT 'XBTUSDTM', 'params_changed', 1, last_sync_id, '{}' FROM registry_state", "unpublished",
+        "the event stream is not the history: 1 events missing"),
+    "stream_invents_an_event": ("", "invented", "the event stream is not the history: 0 events missing"),
 }
 
 
@@ -966,10 +973,22 @@ def test_invariant_checker_names_each_broken_invariant(stack: Stack, sim: Simula
         version, hashed = cache(stack)
         other.hset(keys.TOKENS, mapping=hashed)
         other.set(keys.VERSION, version or 0)
+        other.set(keys.ORIGIN, stack.redis.get(keys.ORIGIN) or b"")
+        (registry_id,) = stack.query("SELECT registry_id FROM registry_state")[0]
+        with closing(sqlite3.connect(copy)) as broken_db:  # the stream as a publisher would have it
+            rows = list(broken_db.execute("SELECT id, symbol, event_type, sync_id FROM token_history ORDER BY id"))
+        for event_id, symbol, event_type, sync_id in rows if cache_change != "unpublished" else ():
+            other.xadd(keys.EVENTS, {"symbol": symbol, "event_type": event_type, "sync_id": sync_id,
+                                     "registry": registry_id, "history_id": event_id})
         if cache_change == "hdel":
             other.hdel(keys.TOKENS, "XBTUSDTM")
         elif cache_change == "version":
             other.set(keys.VERSION, 7)
+        elif cache_change == "stray":
+            other.hset(keys.TOKENS, "GONEUSDTM", b"{}")
+        elif cache_change == "invented":
+            other.xadd(keys.EVENTS, {"symbol": "XBTUSDTM", "event_type": "delisted", "sync_id": "made-up",
+                                     "registry": registry_id, "history_id": 99})
         if not complaint:
             check_invariants(copy, other)
             return

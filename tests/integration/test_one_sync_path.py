@@ -34,6 +34,7 @@ class Side:
         self.stack, self.database, self.redis_url, self.cli_args = stack, database, redis_url, cli_args
         self.client = redis.Redis.from_url(redis_url)
         self.fetched: list[int] = []  # registry_state.last_fetched_at after each sync
+        self.registry_id = ""
         self.sync_ids: list[str] = []
 
     def sync(self) -> dict[str, Any]:
@@ -59,6 +60,8 @@ class Side:
             return f"T{self.fetched.index(value)}"
         if isinstance(value, str) and value in self.sync_ids:
             return f"S{self.sync_ids.index(value)}"
+        if isinstance(value, str) and value == self.registry_id:
+            return "this registry"
         if isinstance(value, list | tuple):
             return [self.normalise(v) for v in value]
         if isinstance(value, dict):
@@ -66,7 +69,8 @@ class Side:
         return value
 
     def stored(self) -> dict[str, Any]:
-        """Everything this side's sync left, normalised."""
+        """Everything this side's sync left, normalised (each registry's random identity included)."""
+        self.registry_id = str(self.query("SELECT registry_id FROM registry_state")[0][0])
         rows = self.query("SELECT * FROM tokens ORDER BY symbol")
         history = [(*row[:3], json.loads(row[3])) for row in
                    self.query("SELECT symbol, event_type, sync_id, details, event_time FROM token_history ORDER BY id")]
@@ -82,6 +86,7 @@ class Side:
             "tokens": rows, "history": history, "runs": runs, "stream": stream,
             "state": self.query("SELECT revision, last_sync_id, last_fetched_at, last_event_id FROM registry_state"),
             "cache version": self.client.get(keys.VERSION),
+            "cache origin": self.client.get(keys.ORIGIN).decode().split(" "),
             "cache": {k.decode(): v.decode() for k, v in self.client.hgetall(keys.TOKENS).items()},
         })
 

@@ -28,10 +28,17 @@ def live(client: redis.Redis) -> dict[Any, Any]:
 
 
 def publish_entries(client: redis.Redis, revision: int, entries: dict[str, bytes]) -> bool:
-    """Stage entries under this revision's key and publish them."""
-    staged = keys.cache_key(f"sync-{revision}")
+    """Stage entries under this revision's key and publish them as registry R's revision (made by sync-<rev>)."""
+    return publish_as(client, "R", revision, entries) != hot.KEPT
+
+
+def publish_as(client: redis.Redis, registry_id: str, revision: int, entries: dict[str, bytes], *,
+               sync_id: str | None = None, head: int | None = None) -> int:
+    sync_id = sync_id or f"sync-{revision}"
+    staged = keys.cache_key(sync_id)
     size = hot.stage_entries(client, staged, entries, [], TTL_S)
-    return hot.publish(client, staged, revision, size)
+    return hot.publish(client, staged, revision, size, registry_id=registry_id, sync_id=sync_id,
+                       head=revision if head is None else head)
 
 
 def as_bytes(entries: dict[str, bytes]) -> dict[bytes, bytes]:
@@ -91,49 +98,61 @@ def test_publish_replaces_the_live_hash_and_sets_the_version(client: redis.Redis
     assert client.ttl(keys.TOKENS) == -1  # the staging TTL does not follow the hash into service
 
 
-def test_publishing_the_same_revision_again_changes_nothing(client: redis.Redis) -> None:
+def test_publishing_the_same_commit_again_changes_nothing(client: redis.Redis) -> None:
     first = {"AUSDTM": entry("AUSDTM", 1.0)}
     assert publish_entries(client, 3, first)
-    staged = keys.cache_key("sync-replayed")
-    size = hot.stage_entries(client, staged, {"XUSDTM": entry("XUSDTM", 9.0)}, [], TTL_S)
-    assert hot.publish(client, staged, 3, size) is False
+    assert publish_as(client, "R", 3, {"XUSDTM": entry("XUSDTM", 9.0)}) == hot.KEPT  # a redelivered write
     assert live(client) == as_bytes(first)
     assert hot.cache_version(client) == 3
 
 
-def test_an_older_revision_never_overwrites(client: redis.Redis) -> None:
+def test_an_older_revision_of_the_same_registry_never_overwrites(client: redis.Redis) -> None:
     newer = {"AUSDTM": entry("AUSDTM", 5.0)}
     assert publish_entries(client, 5, newer)
-    assert publish_entries(client, 4, {"AUSDTM": entry("AUSDTM", 4.0), "OLDUSDTM": entry("OLDUSDTM", 0.1)}) is False
+    # Revision 4 committed before 5 but published after it: the registry's head is 5.
+    older = {"AUSDTM": entry("AUSDTM", 4.0), "OLDUSDTM": entry("OLDUSDTM", 0.1)}
+    assert publish_as(client, "R", 4, older, head=5) == hot.KEPT
     assert live(client) == as_bytes(newer)
     assert hot.cache_version(client) == 5
+
+
+def test_another_registrys_cache_is_replaced_whatever_its_revision(client: redis.Redis) -> None:
+    assert publish_as(client, "OLD", 9, {"AUSDTM": entry("AUSDTM", 1.0)}) == hot.REPLACED
+    fresh = {"BUSDTM": entry("BUSDTM", 2.0)}
+    assert publish_as(client, "NEW", 1, fresh) == hot.OTHER_REGISTRY  # a recreated database
+    assert (live(client), hot.cache_version(client)) == (as_bytes(fresh), 1)
+    assert client.get(keys.ORIGIN) == b"NEW sync-1"
+
+
+def test_a_cache_ahead_of_its_registrys_head_is_replaced(client: redis.Redis) -> None:
+    assert publish_entries(client, 7, {"AUSDTM": entry("AUSDTM", 7.0)})
+    restored = {"AUSDTM": entry("AUSDTM", 3.0)}
+    # A backup at revision 2 restored, and its next commit is 3: the cache shows a future that is gone.
+    assert publish_as(client, "R", 3, restored, sync_id="sync-after-restore") == hot.AHEAD
+    assert (live(client), hot.cache_version(client)) == (as_bytes(restored), 3)
+
+
+def test_the_same_revision_made_by_another_commit_is_replaced(client: redis.Redis) -> None:
+    assert publish_entries(client, 3, {"AUSDTM": entry("AUSDTM", 1.0)})
+    other = {"AUSDTM": entry("AUSDTM", 2.0)}
+    assert publish_as(client, "R", 3, other, sync_id="sync-other-writer") == hot.AHEAD
+    assert live(client) == as_bytes(other)
+
+
+def test_a_cache_without_origin_is_not_trusted(client: redis.Redis) -> None:
+    client.set(keys.VERSION, 40)  # written by 0.1.0, which kept no origin
+    client.hset(keys.TOKENS, "OLDUSDTM", b"{}")
+    assert publish_as(client, "R", 2, {"AUSDTM": entry("AUSDTM", 1.0)}) == hot.OTHER_REGISTRY
+    assert hot.cache_version(client) == 2
 
 
 def test_publish_refuses_when_the_staged_hash_is_gone(client: redis.Redis) -> None:
     assert publish_entries(client, 1, {"AUSDTM": entry("AUSDTM", 1.0)})
     with pytest.raises(LookupError, match="gone"):
-        hot.publish(client, keys.cache_key("sync-expired"), 2, size=10)
+        hot.publish(client, keys.cache_key("sync-expired"), 2, size=10, registry_id="R", sync_id="sync-expired",
+                    head=2)
     assert hot.cache_version(client) == 1
     assert client.hlen(keys.TOKENS) == 1
-
-
-def test_publish_drops_the_consumed_staging_keys_unless_it_refused(client: redis.Redis) -> None:
-    plan = keys.plan_key("sync-1")
-    client.set(plan, b"applied plan")
-    staged = keys.cache_key("sync-1")
-    size = hot.stage_entries(client, staged, {"AUSDTM": entry("AUSDTM", 1.0)}, [], TTL_S)
-    assert hot.publish(client, staged, 1, size, consumed=[plan]) is True
-    assert client.exists(plan) == 0
-    assert live(client) == {b"AUSDTM": entry("AUSDTM", 1.0)}
-
-    client.set(plan, b"a redelivered copy's plan")  # the cache already shows revision 1
-    assert hot.publish(client, keys.cache_key("sync-1"), 1, 0, consumed=[plan]) is False
-    assert client.exists(plan) == 0
-
-    client.set(plan, b"plan of a sync whose staged cache expired")
-    with pytest.raises(LookupError):
-        hot.publish(client, keys.cache_key("sync-2"), 2, 10, consumed=[plan])
-    assert client.exists(plan) == 1  # kept: nothing was applied to the cache
 
 
 def test_publishing_an_empty_registry_clears_the_live_hash(client: redis.Redis) -> None:
@@ -178,9 +197,20 @@ def test_refresh_reloads_only_when_the_version_moved() -> None:
     assert publish_entries(client, 2, {"BUSDTM": entry("BUSDTM", 2.5)})
     assert cache.refresh() is True
     assert cache.version == 2
+    assert cache.origin == b"R sync-2"
     assert cache.all() is not snapshot
     assert set(cache.all()) == {"BUSDTM"}
     assert cache.get("BUSDTM") == {"symbol": "BUSDTM", "status": "Open", "markPrice": 2.5}
     # A reader still holding the old snapshot sees it whole, never a mix.
     assert set(snapshot) == {"AUSDTM", "BUSDTM"}
     assert snapshot["BUSDTM"]["markPrice"] == 2.0
+
+
+def test_refresh_reloads_when_another_registry_shows_the_same_revision() -> None:
+    client = CountingRedis()
+    cache = hot.HotCache(client)
+    assert publish_as(client, "OLD", 1, {"AUSDTM": entry("AUSDTM", 1.0)}) == hot.REPLACED
+    assert cache.refresh() is True
+    assert publish_as(client, "NEW", 1, {"BUSDTM": entry("BUSDTM", 2.0)}) == hot.OTHER_REGISTRY
+    assert cache.refresh() is True  # same version number, another registry: not the same cache
+    assert set(cache.all()) == {"BUSDTM"}

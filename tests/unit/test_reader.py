@@ -51,7 +51,8 @@ class World:
         entries = {symbol: bytes(c.raw) for symbol, c in parsed.contracts.items()}
         staged = keys.cache_key(sync_id)
         size = hot.stage_entries(self.client, staged, entries, plan.missing, 600)
-        assert hot.publish(self.client, staged, result.revision, size)
+        assert hot.publish(self.client, staged, result.revision, size, registry_id="R", sync_id=sync_id,
+                           head=result.revision) == hot.REPLACED
         self.contracts = {c["symbol"]: c for c in contracts}
         return sync_id
 
@@ -122,7 +123,7 @@ def test_cached_reads_send_no_command_until_the_refresh_interval_passes(
     assert calls == []
     time.sleep(0.25)
     registry.get(symbol)
-    assert calls == ["GET"]  # the version check; the version did not move, so no reload
+    assert calls == ["MGET"]  # the version check (and its origin); it did not move, so no reload
 
 
 def test_the_snapshot_follows_the_version_after_the_interval(world: World) -> None:
