@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import re
+import socket
+import ssl
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
 from tokenwatch.clock import now_ms
-from tokenwatch.errors import BadResponseError, TransientFetchError
+from tokenwatch.errors import BadResponseError, FetchError, TransientFetchError
 
 log = logging.getLogger(__name__)
 
@@ -113,24 +120,32 @@ def _plain_success_list(status: int, body: bytes) -> bool:
 def get_json(session: requests.Session, url: str, *, timeout_s: float, max_bytes: int, decode: bool = True) -> Fetched:
     """One GET of a KuCoin endpoint: the envelope's data, or a FetchError that says why in one line.
 
-    With decode=False a large, plainly successful list is returned undecoded (data None) for a later step.
+    timeout_s bounds the whole answer, headers and body: requests' own timeout is per read, so an answer that
+    trickles in a byte at a time would never time out; here the socket is shut down at the deadline. With
+    decode=False a plainly successful list is returned undecoded (data None) for a later step.
     """
     started = time.perf_counter()
+    deadline = time.monotonic() + timeout_s
     fetched_at_ms = now_ms()
+    host = urlsplit(url).hostname or url
     try:
         response = session.get(url, timeout=(min(timeout_s, 5.0), timeout_s), stream=True)
-    except requests.exceptions.Timeout as exc:
-        raise TransientFetchError(f"timeout after {timeout_s:g} s") from exc
-    except requests.exceptions.ConnectionError as exc:
-        raise TransientFetchError("connection failed") from exc
-    with response:
+    except requests.exceptions.RequestException as exc:
+        reason = cause(exc)
+        after = f" after {timeout_s:g} s" if reason == "timed out" else ""
+        raise TransientFetchError(f"{host}: {reason}{after}") from exc
+    with response, _cut_at(response, deadline) as cut:
         status = response.status_code
         if status == 429 or status >= 500:
             raise TransientFetchError(f"HTTP {status}", retry_after_s=_retry_after(response, status == 429))
         try:
             body = _read_body(response, max_bytes)
-        except requests.exceptions.Timeout as exc:
-            raise TransientFetchError(f"timeout reading the body after {timeout_s:g} s") from exc
+        except (FetchError, requests.exceptions.RequestException) as exc:
+            if cut.is_set():
+                raise TransientFetchError(f"{host}: answer not complete within {timeout_s:g} s") from exc
+            if isinstance(exc, FetchError):
+                raise
+            raise TransientFetchError(f"{host}: {cause(exc)} reading the body") from exc
     if not decode and _plain_success_list(status, body):
         return Fetched(data=None, body=body, fetched_at_ms=fetched_at_ms,
                        elapsed_ms=(time.perf_counter() - started) * 1000.0)
@@ -152,6 +167,55 @@ def get_json(session: requests.Session, url: str, *, timeout_s: float, max_bytes
         data=envelope.get("data"), body=body, fetched_at_ms=fetched_at_ms,
         elapsed_ms=(time.perf_counter() - started) * 1000.0,
     )
+
+
+@contextmanager
+def _cut_at(response: requests.Response, deadline: float) -> Iterator[threading.Event]:
+    """Shut the answer's socket down at the deadline (urllib3's HTTPResponse.shutdown), unblocking any read; the
+    event says it happened."""
+    cut = threading.Event()
+
+    def shut() -> None:
+        cut.set()
+        with contextlib.suppress(ValueError, RuntimeError, OSError):  # already released or closed: nothing to cut
+            response.raw.shutdown()
+
+    timer = threading.Timer(max(deadline - time.monotonic(), 0.0), shut)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield cut
+    finally:
+        timer.cancel()
+
+
+# Exceptions found in a failure's chain, and words in its message, and the cause each names.
+_CAUSES: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], str], ...] = (
+    (socket.gaierror, "name resolution failed"), (ConnectionRefusedError, "connection refused"),
+    (ConnectionResetError, "connection reset"), ((TimeoutError, requests.exceptions.Timeout), "timed out"),
+)
+_CAUSE_WORDS = (
+    ("timed out", "timed out"), ("name or service not known", "name resolution failed"),
+    ("failed to resolve", "name resolution failed"), ("nodename nor servname", "name resolution failed"),
+    ("temporary failure in name resolution", "name resolution failed"), ("connection refused", "connection refused"),
+)
+
+
+def cause(exc: BaseException) -> str:
+    """What went wrong with a connection, in a few words: name resolution, refused, reset, timed out, TLS."""
+    current: BaseException | None = exc
+    for _ in range(10):
+        if current is None:
+            break
+        if isinstance(current, ssl.SSLError):
+            return f"TLS failed ({getattr(current, 'reason', None) or 'handshake'})"
+        found = next((words for kinds, words in _CAUSES if isinstance(current, kinds)), None)
+        if found:
+            return found
+        current = current.__cause__ or current.__context__ or next(
+            (arg for arg in getattr(current, "args", ()) if isinstance(arg, BaseException)), None)
+    text = str(exc).lower()
+    return next((words for needle, words in _CAUSE_WORDS if needle in text), "connection failed")
 
 
 def backoff_delay(attempt: int, retry_after_s: float | None = None) -> float:

@@ -29,7 +29,8 @@ class Settings(BaseSettings):
     sync_interval_s: float = Field(60.0, gt=0)
     batch_size: int = Field(100, ge=1, le=100_000)
     new_listing_window_h: float = Field(72.0, ge=0)
-    http_timeout_s: float = Field(10.0, gt=0)
+    # The whole answer of one call (headers and body), not each read; under the tasks' 100 s soft limit.
+    http_timeout_s: float = Field(10.0, gt=0, le=90)
     flower_port: int = Field(5555, ge=1, le=65535)
     flower_address: str = "127.0.0.1"
     flower_basic_auth: str | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -334,14 +335,22 @@ def decode_contract_list(body: bytes | bytearray) -> Sequence[RawJson]:
 
 
 def confirm_missing(ctx: StepContext, missing: list[str]) -> tuple[list[str], list[str]]:
-    """Ask the exchange about each absent symbol: (still listed and Open, could not be checked)."""
+    """Ask the exchange about each absent symbol: (still listed and Open, could not be checked). All the checks
+    share one deadline of HTTP_TIMEOUT_S; what is left unchecked waits for a second absence."""
     settings = ctx.settings
     still_listed: list[str] = []
     unconfirmed = list(missing[MAX_CONFIRMATIONS:])
-    for symbol in missing[:MAX_CONFIRMATIONS]:
+    deadline = time.monotonic() + settings.http_timeout_s
+    for at, symbol in enumerate(missing[:MAX_CONFIRMATIONS]):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            unconfirmed += missing[at:MAX_CONFIRMATIONS]
+            log.warning("%d absent symbols not checked within %g s: waiting for a second absence",
+                        len(missing[at:MAX_CONFIRMATIONS]), settings.http_timeout_s)
+            break
         try:
             status = kucoin.contract_status(ctx.process.http_session(), settings.kucoin_url, symbol,
-                                            timeout_s=settings.http_timeout_s)
+                                            timeout_s=left)
         except FetchError as exc:
             log.warning("could not confirm that %s is gone (%s): waiting for a second absence", symbol, exc)
             unconfirmed.append(symbol)

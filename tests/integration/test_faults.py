@@ -469,7 +469,7 @@ def _oversized_error(sim: Simulator) -> str:
 Reason = str | re.Pattern[str] | Callable[[Simulator], str]
 FETCH_FAULTS: dict[str, tuple[dict[str, Any], dict[str, str], Reason, int, str | None]] = {
     "timeout": ({"fault": "delay", "seconds": 3.0}, {"TOKENWATCH_HTTP_TIMEOUT_S": "0.5"},
-                "fetch failed after 1 retries: timeout after 0.5 s", 2, r"retry 1 of 1 in 0\.[0-5] s"),
+                "fetch failed after 1 retries: 127.0.0.1: timed out after 0.5 s", 2, r"retry 1 of 1 in 0\.[0-5] s"),
     "http_503": ({"fault": "http_status", "status": 503}, {},
                  "fetch failed after 1 retries: HTTP 503", 2, r"retry 1 of 1 in 0\.[0-5] s"),
     "http_503_with_retry_after": ({"fault": "http_status", "status": 503, "headers": {"Retry-After": "1"}}, {},

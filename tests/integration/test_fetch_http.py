@@ -286,21 +286,22 @@ def test_undeclared_body_over_max_bytes_is_refused_while_streaming(server: Local
 def test_slow_server_beyond_the_timeout_is_transient(server: LocalServer) -> None:
     server.route(ACTIVE, delayed(1.0, envelope(CONTRACTS)))
     started = time.perf_counter()
-    assert "timeout" in str(fetch_error(server, TransientFetchError, timeout_s=0.2))
+    assert str(fetch_error(server, TransientFetchError, timeout_s=0.2)) == "127.0.0.1: timed out after 0.2 s"
     assert time.perf_counter() - started < 0.9
 
 
 def test_server_stalling_mid_body_beyond_the_timeout_is_transient(server: LocalServer) -> None:
     body = json.dumps({"code": "200000", "data": CONTRACTS}).encode()
     server.route(ACTIVE, stalls_mid_body(body, 1.0))
-    assert "timeout" in str(fetch_error(server, TransientFetchError, timeout_s=0.2))
+    assert str(fetch_error(server, TransientFetchError, timeout_s=0.2)) == (
+        "127.0.0.1: answer not complete within 0.2 s")
 
 
 def test_connection_refused_is_transient() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with pytest.raises(TransientFetchError, match="connection failed"):
+    with pytest.raises(TransientFetchError, match=r"^127\.0\.0\.1: connection refused$"):
         kucoin.fetch_active(make_session(), f"http://127.0.0.1:{port}", timeout_s=TIMEOUT_S, max_bytes=MAX_BYTES)
 
 
@@ -415,3 +416,19 @@ def test_undecoded_fetch_still_checks_anything_but_a_plain_success(server: Local
     with pytest.raises(BadResponseError, match="500000"):
         kucoin.fetch_active(make_session(), server.base_url, timeout_s=TIMEOUT_S, max_bytes=MAX_BYTES,
                                   decode=False)
+
+
+def test_a_name_that_does_not_resolve_is_named_as_such() -> None:
+    with pytest.raises(TransientFetchError) as failed:
+        kucoin.fetch_active(make_session(), "http://name-that-does-not-exist.invalid", timeout_s=TIMEOUT_S,
+                            max_bytes=MAX_BYTES)
+    assert str(failed.value) == "name-that-does-not-exist.invalid: name resolution failed"
+
+
+def test_the_cause_of_a_tls_failure_is_named() -> None:
+    import ssl
+
+    import requests
+
+    wrapped = requests.exceptions.SSLError(ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"))
+    assert kucoin.cause(wrapped).startswith("TLS failed")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -183,3 +184,31 @@ def test_a_mass_status_flip_is_held_once_as_suspect_then_applied_when_seen_again
     again = stack.sync("--inline")
     assert (again["status"], again["counts"]["status_changed"]) == ("suspect", 0)
     assert len(events(stack)) == CONTRACTS
+
+
+@pytest.mark.parametrize("path", ["--inline", "worker"])
+def test_a_trickling_answer_is_cut_at_its_deadline_and_the_sync_recorded(stack: Stack, sim: Simulator,
+                                                                        path: str) -> None:
+    stack.env.update({"TOKENWATCH_KUCOIN_URL": sim.url, "TOKENWATCH_HTTP_TIMEOUT_S": "2",
+                      "TOKENWATCH_HTTP_RETRIES": "1"})
+    args = ("--inline",) if path == "--inline" else ()
+    if path == "worker":
+        stack.start_worker()
+    assert stack.sync(*args)["status"] == "baseline"
+    sim.inject("trickle", bytes_per_s=200)  # headers at once, then 200 bytes a second: every read succeeds
+
+    started = time.monotonic()
+    result = stack.tokenwatch("sync", "--json", *args, timeout=60)
+    elapsed = time.monotonic() - started
+
+    outcome = json.loads(result.stdout)
+    assert (result.returncode, outcome["status"]) == (1, "failed")
+    assert "answer not complete within 2 s" in outcome["error"], outcome["error"]
+    # Two attempts of 2 s each, one backoff of at most 0.5 s, the CLI's own start: far from the old forever.
+    assert elapsed < 12, f"the sync took {elapsed:.1f} s"
+    assert outcome["timings_ms"]["api"] >= 4000  # both attempts are the exchange's time
+    assert stack.query("SELECT status, error FROM sync_runs WHERE sync_id = ?", outcome["sync_id"]) == [
+        ("failed", outcome["error"])]
+    assert lock.holder(stack.redis) is None
+    sim.clear_faults()
+    assert stack.sync(*args)["status"] == "ok"  # nothing held: the next sync runs

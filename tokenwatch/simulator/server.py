@@ -46,7 +46,7 @@ RATE_WINDOW_MS = 30_000
 CONTRACTS_WEIGHT = 3
 
 FAULTS = frozenset({
-    "http_status", "error_code", "delay", "truncate", "html", "not_json",
+    "http_status", "error_code", "delay", "truncate", "trickle", "html", "not_json",
     "partial", "empty", "omit", "bad_records", "raw_records",
 })
 # Faults that shape the contract list rather than the HTTP answer: only meaningful on the active list.
@@ -56,6 +56,7 @@ _FAULT_PARAMS: dict[str, frozenset[str]] = {
     "error_code": frozenset({"code", "msg"}),
     "delay": frozenset({"seconds"}),
     "truncate": frozenset({"bytes"}),
+    "trickle": frozenset({"bytes_per_s"}),
     "html": frozenset({"status"}),
     "not_json": frozenset({"body", "content_type"}),
     "partial": frozenset({"keep"}),
@@ -102,6 +103,7 @@ class _Answer:
     content_type: str = JSON_TYPE
     headers: dict[str, str] = field(default_factory=dict)
     truncate_at: int | None = None
+    trickle_bytes_per_s: float | None = None
 
 
 def _dumps(obj: Any) -> bytes:
@@ -163,6 +165,9 @@ def _check_fault(kind: str, params: dict[str, Any]) -> dict[str, Any]:
         out["seconds"] = _float_param(params.get("seconds"), "seconds", 0.0, 600.0)
     elif kind == "truncate" and "bytes" in params:
         out["bytes"] = _int_param(params["bytes"], "bytes", 0, 2**40)
+    elif kind == "trickle":
+        # Headers at once, then the body a few bytes a second: each read succeeds, the answer never ends.
+        out["bytes_per_s"] = _float_param(params.get("bytes_per_s", 1.0), "bytes_per_s", 0.1, 1e6)
     elif kind == "html":
         out["status"] = _int_param(params.get("status", 502), "status", 200, 599)
     elif kind == "not_json":
@@ -531,6 +536,8 @@ class Simulator:
             for fault in faults:
                 if fault.kind == "truncate":
                     answer.truncate_at = fault.params.get("bytes", len(answer.body) // 2)
+                elif fault.kind == "trickle":
+                    answer.trickle_bytes_per_s = fault.params["bytes_per_s"]
         answer.headers = {**headers, **answer.headers}
         return answer, delay
 
@@ -736,10 +743,25 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
             self.end_headers()
             body = answer.body if answer.truncate_at is None else answer.body[: answer.truncate_at]
-            self.wfile.write(body)
-            self.wfile.flush()
+            if answer.trickle_bytes_per_s is None:
+                self.wfile.write(body)
+                self.wfile.flush()
+            else:
+                self._trickle(body, answer.trickle_bytes_per_s)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+
+    def _trickle(self, body: bytes, bytes_per_s: float) -> None:
+        """Send the body slowly, until it is sent, the client hangs up or the simulator stops."""
+        self.wfile.flush()
+        step = max(1, int(bytes_per_s / 10))
+        for start in range(0, len(body), step):
+            self.wfile.write(body[start:start + step])
+            self.wfile.flush()
+            if self.sim._stopping.wait(step / bytes_per_s):
+                self.close_connection = True
+                return
 
 
 def serve_forever_cli(port: int, contracts: int, seed: int) -> None:
