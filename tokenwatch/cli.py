@@ -275,6 +275,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return Exit.FAILED
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # whatever it is, the operator gets one line; -v shows the traceback
+        log.debug("%s failed", args.command, exc_info=True)
+        print(f"tokenwatch: {describe_failure(exc)}", file=sys.stderr)
+        return Exit.FAILED
+
+
+def describe_failure(exc: BaseException) -> str:
+    """An unexpected failure of a command as one line that says where it came from and what to do."""
+    from sqlalchemy.exc import SQLAlchemyError  # noqa: PLC0415 - keep `tokenwatch --help` fast
+
+    if isinstance(exc, SQLAlchemyError):
+        return (f"registry database unreadable: {one_line(getattr(exc, 'orig', None) or exc)} "
+                "(`tokenwatch db check` tells more; restore a backup if the file is damaged)")
+    if isinstance(exc, redis.RedisError | ConnectionError):
+        return f"Redis unreachable: {one_line(exc)} (is `tokenwatch run` running, or TOKENWATCH_REDIS_URL right?)"
+    return f"{type(exc).__name__}: {one_line(exc)} (run with -v for the traceback)"
 
 
 if __name__ == "__main__":

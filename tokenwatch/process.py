@@ -9,6 +9,7 @@ one with ``use()``.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -21,10 +22,12 @@ import requests
 from sqlalchemy import Engine
 
 from tokenwatch.cache.redis_client import make_redis
-from tokenwatch.db.engine import open_engine
+from tokenwatch.db.engine import open_engine, sqlite_path
 from tokenwatch.domain.contracts import ParseMemo
 from tokenwatch.domain.registry import RegistryHead, RegistryState
 from tokenwatch.fetch.kucoin import make_session
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -42,6 +45,7 @@ class ProcessState:
 
     worker_name: str | None = None  # set in a Celery worker: its pool processes report their memory
     engines: dict[tuple[str, bool], Engine] = field(default_factory=dict)
+    files: dict[tuple[str, bool], tuple[int, int] | None] = field(default_factory=dict)  # SQLite (device, inode)
     redis_clients: dict[str, redis.Redis] = field(default_factory=dict)
     http: requests.Session | None = None
     # The registry as this process's last commit left it, and one built here whose plan is not committed yet.
@@ -57,11 +61,20 @@ class ProcessState:
 
     def engine(self, database_url: str, *, writer: bool = False, create: bool | None = None) -> Engine:
         """This process's engine for the URL (a writer's transactions begin IMMEDIATE); create makes a missing
-        registry (default: for a writer only; see db.engine.open_engine)."""
+        registry (default: for a writer only; see db.engine.open_engine).
+
+        An SQLite file that was replaced or deleted since the engine opened it (a restored backup, a recreated
+        registry) is opened afresh: the old engine would go on reading and writing the file that is gone.
+        """
         key = (database_url, writer)
         engine = self.engines.get(key)
+        if engine is not None and self.files.get(key) != file_identity(database_url):
+            log.info("the registry file was replaced or removed: opening it afresh")
+            engine.dispose()
+            engine = None
         if engine is None:
             engine = self.engines[key] = open_engine(database_url, writer=writer, create=create)
+            self.files[key] = file_identity(database_url)
         return engine
 
     def redis(self, url: str) -> redis.Redis:
@@ -126,6 +139,18 @@ class ProcessState:
         if kept is not None and kept.key == key and time.monotonic() < kept.deadline:
             return kept.payload
         return None
+
+
+def file_identity(database_url: str) -> tuple[int, int] | None:
+    """(device, inode) of an SQLite registry's file; None for another database or no file."""
+    path = sqlite_path(database_url) if database_url.startswith("sqlite") else None
+    if path is None:
+        return None
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 _current = ProcessState()

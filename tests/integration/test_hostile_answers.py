@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -212,3 +216,45 @@ def test_a_trickling_answer_is_cut_at_its_deadline_and_the_sync_recorded(stack: 
     assert lock.holder(stack.redis) is None
     sim.clear_faults()
     assert stack.sync(*args)["status"] == "ok"  # nothing held: the next sync runs
+
+
+def corrupt(db: Path) -> None:
+    """Overwrite part of every page past the first two: 'database disk image is malformed' on the next read."""
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = bytearray(db.read_bytes())
+    for page in range(2, len(data) // 4096):
+        data[page * 4096 + 100:page * 4096 + 400] = b"\xff" * 300
+    db.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["garbage", "corrupt pages"])
+def test_a_malformed_database_is_one_line_for_every_command_and_releases_the_lock(stack: Stack, sim: Simulator,
+                                                                                  damage: str) -> None:
+    stack.env["TOKENWATCH_KUCOIN_URL"] = sim.url
+    assert stack.sync("--inline")["status"] == "baseline"
+    stack.start_worker()
+    if damage == "garbage":
+        stack.db_path.write_bytes(b"this is not a database, whatever its name says" * 100)
+    else:
+        corrupt(stack.db_path)
+    sim.list_new(1)
+
+    through_worker = stack.tokenwatch("sync", "--json")
+    inline = stack.tokenwatch("sync", "--json", "--inline")
+    tokens = stack.tokenwatch("tokens")
+
+    for result in (through_worker, inline, tokens):
+        assert "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert result.returncode == 1
+    for result in (through_worker, inline):
+        outcome = json.loads(result.stdout)
+        assert outcome["status"] == "failed"
+        assert re.fullmatch(r"registry database (unavailable|error): (file is not a database|database disk image "
+                            r"is malformed)", outcome["error"]), outcome["error"]
+    (line,) = tokens.stderr.splitlines()
+    assert re.fullmatch(r"tokenwatch: registry database (unavailable|error|unreadable): .*", line), line
+    assert lock.holder(stack.redis) is None  # every sync let go of the lock
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{stack.db_path}{suffix}").unlink(missing_ok=True)
+    assert stack.sync()["status"] == "baseline"  # a sound file again: syncs run at once
