@@ -30,7 +30,8 @@ WRITE_SLOW = "write_slow"
 FAILURE_RATE = "failure_rate"
 STALE = "stale"
 WORKER_MEMORY = "worker_memory"
-NAMES = (SYNC_SLOW, API_SLOW, WRITE_SLOW, FAILURE_RATE, STALE, WORKER_MEMORY)
+SYNC_SKIPPED = "sync_skipped"
+NAMES = (SYNC_SLOW, API_SLOW, WRITE_SLOW, FAILURE_RATE, STALE, WORKER_MEMORY, SYNC_SKIPPED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,7 @@ class Thresholds:
     failure_pct: float = 5.0
     stale_s: float = 180.0
     worker_mb: float = 500.0
+    skipped_syncs: int = 3
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Thresholds:
@@ -51,6 +53,7 @@ class Thresholds:
             sync_s=settings.alert_sync_s, api_s=settings.alert_api_s, write_s=settings.alert_write_s,
             failure_pct=settings.alert_failure_pct,
             stale_s=settings.alert_stale_intervals * settings.sync_interval_s, worker_mb=settings.alert_worker_mb,
+            skipped_syncs=settings.alert_skipped_syncs,
         )
 
 
@@ -62,7 +65,7 @@ class Health:
     and recorded that phase. hour_good / hour_failed: syncs of the last hour (skipped ones are not counted).
     last_good_ms: when the newest ok, baseline or suspect sync finished; first_run_ms: when the oldest
     recorded sync finished (None: no sync recorded at all). worker_rss: bytes by worker process, None when
-    unknown (Redis unreachable).
+    unknown (Redis unreachable). skipped_streak: how many of the newest syncs in a row were skipped.
     """
 
     now_ms: int
@@ -72,6 +75,7 @@ class Health:
     last_good_ms: int | None = None
     first_run_ms: int | None = None
     worker_rss: Mapping[str, int] | None = None
+    skipped_streak: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +134,10 @@ def evaluate(health: Health, limits: Thresholds) -> list[Alert]:
         if rss / MIB > limits.worker_mb:
             alerts.append(Alert(WORKER_MEMORY, f"worker {worker} uses {rss / MIB:.0f} MiB "
                                 f"(threshold {limits.worker_mb:g} MiB)", rss / MIB, limits.worker_mb))
+    if health.skipped_streak >= limits.skipped_syncs:
+        alerts.append(Alert(
+            SYNC_SKIPPED, f"the last {health.skipped_streak} syncs were skipped: another sync held the lock each time "
+            f"(threshold {limits.skipped_syncs})", health.skipped_streak, limits.skipped_syncs))
     return alerts
 
 

@@ -163,6 +163,7 @@ def load(settings: Settings, process: ProcessState, client: redis.Redis | None, 
         first = first_run_ms(conn)
         phases = last_phase_ms(conn)
     recent = [_run_json(row) for row in recent_syncs(engine, RECENT)]
+    streak = next((at for at, run in enumerate(recent) if run["status"] != "skipped"), len(recent))
     queues = workers = None
     if client is not None:
         try:
@@ -174,6 +175,7 @@ def load(settings: Settings, process: ProcessState, client: redis.Redis | None, 
     health = alerts.Health(
         now_ms=now, last_phase_ms=phases, hour_good=hour["good"], hour_failed=hour["failed"],
         last_good_ms=None if good is None else int(good["finished_at"]), first_run_ms=first, worker_rss=workers,
+        skipped_streak=streak,
     )
     return Status(now, counts, recent, hour, good, health, queues, workers, redis_error)
 

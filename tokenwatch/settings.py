@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     alert_failure_pct: float = Field(5.0, ge=0, le=100)  # failed syncs in the last hour
     alert_stale_intervals: float = Field(3.0, gt=0)  # last good sync older than this many sync intervals
     alert_worker_mb: float = Field(500.0, gt=0)  # resident memory of a worker process, MiB
+    alert_skipped_syncs: int = Field(3, ge=1, le=10)  # this many newest syncs in a row skipped (the lock held)
     # Prometheus endpoint of `tokenwatch run`, on 127.0.0.1 only; 0 turns it off.
     metrics_port: int = Field(9808, ge=0, le=65535)
     # sync_runs rows older than this are pruned daily; token_history is kept for ever.

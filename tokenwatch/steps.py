@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import redis
@@ -39,7 +41,7 @@ from tokenwatch.errors import (
 from tokenwatch.fetch import kucoin
 from tokenwatch.handoff import Handoff
 from tokenwatch.outbox import publish_pending
-from tokenwatch.outcome import COUNT_KEYS, PHASES, SyncStatus
+from tokenwatch.outcome import COUNT_KEYS, PHASES, SyncStatus, zero_counts
 from tokenwatch.process import ProcessState
 from tokenwatch.settings import Settings
 from tokenwatch.syncstate import SyncState
@@ -91,8 +93,10 @@ def run_step(step: Step, ctx: StepContext, state: SyncState) -> SyncState:
     if state.done:
         return state
     try:
-        state = step(ctx, state)
-    except RetryLater:
+        with _alive(ctx, state.sync_id):
+            state = step(ctx, state)
+    except RetryLater as wait:
+        _hand_off(ctx, wait.state, wait.delay_s)
         raise
     except StaleSnapshotError as exc:
         state.end(SyncStatus.SKIPPED, one_line(exc))
@@ -107,7 +111,41 @@ def run_step(step: Step, ctx: StepContext, state: SyncState) -> SyncState:
         state.end(SyncStatus.FAILED, f"{step.__name__} step crashed: {type(exc).__name__}: {one_line(exc)}")
     if state.done:
         finish(ctx, state)
+    else:
+        _hand_off(ctx, state, 0.0)
     return state
+
+
+@contextmanager
+def _alive(ctx: StepContext, sync_id: str) -> Iterator[None]:
+    """While a step runs, renew its sync's heartbeat, so that the lock is not taken for a dead sync's."""
+    client = ctx.redis
+    if client is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(lock.BEAT_TTL_S / 3):
+            try:
+                lock.beat(client, sync_id)
+            except redis.RedisError:
+                continue  # the step itself meets Redis's failure, and says so
+
+    beating = threading.Thread(target=renew, name=f"heartbeat {sync_id}", daemon=True)
+    beating.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beating.join(timeout=1.0)
+
+
+def _hand_off(ctx: StepContext, state: SyncState, delay_s: float) -> None:
+    """The sync waits for its next step (in a queue, or after a retry's delay): alive that long, and no longer."""
+    if ctx.redis is not None:
+        with contextlib.suppress(redis.RedisError):  # the next step renews it, or the lock lapses by itself
+            lock.beat(ctx.redis, state.sync_id, delay_s + lock.HANDOFF_TTL_S)
 
 
 def finish(ctx: StepContext, state: SyncState) -> None:
@@ -186,12 +224,27 @@ def named_symbols(plan: Plan) -> dict[str, list[str]]:
 
 # ---- the lock ----------------------------------------------------------------------------------------------
 
+ABANDONED = "abandoned: the sync stopped running (its worker died?) and its lock was broken"
+
+
 def _take_lock(ctx: StepContext, state: SyncState) -> bool:
-    """Take the sync lock for state's sync; when another sync holds it, end this one as skipped."""
-    if ctx.redis is None or lock.acquire(ctx.redis, state.sync_id):
+    """Take the sync lock for state's sync; when another sync holds it and is running, end this one as skipped.
+    A lock held by a sync that is not running (no heartbeat) is broken, and that sync recorded as failed."""
+    if ctx.redis is None:
         return True
-    state.end(SyncStatus.SKIPPED, f"another sync ({lock.holder(ctx.redis)}) is running")
-    return False
+    taken = lock.acquire(ctx.redis, state.sync_id)
+    if taken is None:
+        state.end(SyncStatus.SKIPPED, f"another sync ({lock.holder(ctx.redis)}) is running")
+        return False
+    if taken.broken is not None:
+        log.warning("sync lock held by %s, which is not running (no heartbeat): broken", taken.broken)
+        try:
+            record_outcome(ctx.engine(writer=True), sync_run_row(
+                taken.broken, started_at=now_ms(), status=SyncStatus.FAILED, counts=zero_counts(), timings={},
+                error=ABANDONED))  # an applied sync's own row is never replaced (db/writer.py)
+        except Exception as exc:  # its record is a courtesy: this sync goes on
+            log.warning("could not record the abandoned sync %s: %s", taken.broken, one_line(exc))
+    return True
 
 
 def _rearm(ctx: StepContext, state: SyncState) -> None:

@@ -48,3 +48,22 @@ def test_rearm_fails_for_a_sync_that_lost_the_lock(client: redis.Redis) -> None:
     assert lock.release(client, "sync-a")
     assert not lock.rearm(client, "sync-a")
     assert lock.holder(client) is None
+
+
+def test_taking_the_lock_starts_its_heartbeat_and_release_ends_both(client: redis.Redis) -> None:
+    assert lock.acquire(client, "sync-a") == lock.Taken()
+    assert 0 < client.pttl(keys.SYNC_LOCK + ":beat") <= lock.BEAT_TTL_S * 1000
+    assert lock.beat(client, "sync-a", 120)
+    assert client.pttl(keys.SYNC_LOCK + ":beat") > lock.BEAT_TTL_S * 1000
+    assert not lock.beat(client, "sync-b")  # only the holder beats
+    assert lock.release(client, "sync-a")
+    assert not client.exists(keys.SYNC_LOCK, keys.SYNC_LOCK + ":beat")
+
+
+def test_a_lock_whose_holder_stopped_beating_is_taken_over_and_its_holder_named(client: redis.Redis) -> None:
+    assert lock.acquire(client, "sync-a")
+    assert lock.acquire(client, "sync-b") is None  # sync-a is alive
+    client.delete(keys.SYNC_LOCK + ":beat")  # its worker died: nobody renews the beat
+    assert lock.acquire(client, "sync-b") == lock.Taken(broken="sync-a")
+    assert lock.holder(client) == "sync-b"
+    assert not lock.release(client, "sync-a")  # the dead sync cannot take back what it lost

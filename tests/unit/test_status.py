@@ -77,7 +77,8 @@ def test_no_data_raises_nothing() -> None:
 
 def test_several_alerts_come_in_a_fixed_order() -> None:
     health = healthy(last_phase_ms={"total": 20_000.0, "api": 9_000.0, "batch_write": 4_000.0},
-                     hour_good=1, hour_failed=1, last_good_ms=NOW - 3_600_000, worker_rss={"w-1": 900 * MIB})
+                     hour_good=1, hour_failed=1, last_good_ms=NOW - 3_600_000, worker_rss={"w-1": 900 * MIB},
+                     skipped_streak=5)
     assert names(health) == list(alerts.NAMES)
 
 
@@ -215,3 +216,10 @@ def test_sync_and_cache_metrics_count_in_process() -> None:
              value("tokenwatch_cache_hits_total", {"layer": "snapshot"}),
              value("tokenwatch_cache_misses_total", {"layer": "redis"}))
     assert [round(a - b, 6) for a, b in zip(after, before, strict=True)] == [1, 1, 1, 0.25, 1, 1]
+
+
+def test_skipped_syncs_in_a_row_raise_their_own_alert() -> None:
+    assert names(healthy(skipped_streak=2)) == []
+    (alert,) = alerts.evaluate(healthy(skipped_streak=3), LIMITS)
+    assert (alert.name, alert.value, alert.threshold) == ("sync_skipped", 3, 3)
+    assert alert.message == ("the last 3 syncs were skipped: another sync held the lock each time (threshold 3)")

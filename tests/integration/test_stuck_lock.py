@@ -1,0 +1,106 @@
+"""A sync lock held by a sync that no longer runs is noticed and broken well before its TTL, the dead sync is
+recorded, and skipped syncs past a threshold are an alert of their own."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tests.conftest import Stack
+from tests.invariants import check_invariants
+from tokenwatch.cache import keys, lock
+from tokenwatch.simulator import Simulator
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    with Simulator(port=0, contracts=40, seed=29) as simulator:
+        yield simulator
+
+
+@pytest.fixture(autouse=True)
+def _invariants(stack: Stack, redis_client: redis.Redis) -> Iterator[None]:
+    yield
+    try:
+        check_invariants(stack.db_path, redis_client)
+    finally:
+        for process in stack.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(10)
+
+
+def wait_until(done: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_lock_left_by_a_dead_sync_is_broken_and_that_sync_recorded(stack: Stack, sim: Simulator) -> None:
+    stack.env["TOKENWATCH_KUCOIN_URL"] = sim.url
+    assert stack.sync("--inline")["status"] == "baseline"
+    # What a sync whose worker was killed leaves behind: the lock, with most of its TTL to run, and nothing else.
+    stack.redis.set(keys.SYNC_LOCK, "dead-sync", ex=lock.LOCK_TTL_S)
+
+    result = stack.tokenwatch("sync", "--inline", "--json")
+
+    outcome = json.loads(result.stdout)
+    assert outcome["status"] == "ok", outcome["error"]
+    assert "sync lock held by dead-sync, which is not running (no heartbeat): broken" in result.stderr
+    assert stack.query("SELECT status, error FROM sync_runs WHERE sync_id = 'dead-sync'") == [
+        ("failed", "abandoned: the sync stopped running (its worker died?) and its lock was broken")]
+    assert lock.holder(stack.redis) is None
+
+
+def test_a_sync_whose_worker_is_killed_does_not_block_the_next_for_the_lock_ttl(stack: Stack, sim: Simulator) -> None:
+    stack.env["TOKENWATCH_KUCOIN_URL"] = sim.url
+    stack.start_worker()
+    assert stack.sync()["status"] == "baseline"
+    sim.inject("delay", seconds=60)  # the next fetch hangs: its worker is killed in the middle
+    stack.start("call", "call", "tokenwatch.sync")
+    wait_until(lambda: lock.holder(stack.redis) is not None, 20, "the sync to take the lock")
+    victim = lock.holder(stack.redis)
+    worker = stack.processes[0]
+    os.killpg(worker.pid, signal.SIGKILL)  # the whole worker: main process and pool child
+    worker.wait(10)
+    sim.clear_faults()
+    assert stack.redis.ttl(keys.SYNC_LOCK) > 200  # left behind with most of its TTL
+
+    stack.start_worker(name="second")
+    started = time.monotonic()
+    outcome = stack.sync()
+    while outcome["status"] == "skipped" and time.monotonic() - started < 60:
+        time.sleep(2)
+        outcome = stack.sync()
+    waited = time.monotonic() - started
+
+    assert outcome["status"] == "ok", outcome
+    assert waited < 60, f"the next sync waited {waited:.0f} s"  # not the lock's 300 s
+    assert stack.query("SELECT status FROM sync_runs WHERE sync_id = ?", victim) == [("failed",)]
+
+
+def test_skipped_syncs_past_the_threshold_raise_an_alert(stack: Stack, sim: Simulator) -> None:
+    stack.env["TOKENWATCH_KUCOIN_URL"] = sim.url
+    assert stack.sync("--inline")["status"] == "baseline"
+    assert lock.acquire(stack.redis, "someone-else")  # a live holder: it beats, so it is not broken
+    for _ in range(3):
+        assert stack.sync("--inline")["status"] == "skipped"
+    result = stack.tokenwatch("status", "--json")
+    report = json.loads(result.stdout)
+    assert result.returncode == 2
+    assert [a["name"] for a in report["alerts"]] == ["sync_skipped"]
+    assert report["alerts"][0]["message"].startswith("the last 3 syncs were skipped")
+    assert lock.release(stack.redis, "someone-else")
+    assert stack.sync("--inline")["status"] == "ok"
+    assert json.loads(stack.tokenwatch("status", "--json").stdout)["alerts"] == []
