@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, cast
@@ -20,17 +20,20 @@ HSET_CHUNK = 1_000
 
 
 def stage_entries(
-    client: redis.Redis, staged_key: str, entries: Mapping[str, Buffer], keep_live: Sequence[str], ttl_s: int,
+    client: redis.Redis, staged_key: str, entries: Mapping[str, Buffer], keep_live: Mapping[str, Buffer], ttl_s: int,
 ) -> int:
-    """Build the next cache hash under staged_key; keep_live symbols keep their live entry. Returns its size.
+    """Build the next cache hash under staged_key. keep_live: symbols that stay listed without an entry from this
+    answer (absent but kept, or held); each keeps its live entry, or gets the one given when the cache has none
+    (Redis lost it). Returns the hash's size.
 
     Entries may be any buffer (slices of the exchange's answer): each chunk is copied only into the command
     that sends it, so the whole hash never exists twice in this process.
     """
-    kept: dict[str, bytes] = {}
+    kept: dict[str, Buffer] = {}
     if keep_live:
-        live = client.hmget(keys.TOKENS, list(keep_live))
-        kept = {s: v for s, v in zip(keep_live, live, strict=True) if isinstance(v, bytes) and s not in entries}
+        symbols = [s for s in keep_live if s not in entries]
+        live = client.hmget(keys.TOKENS, symbols) if symbols else []
+        kept = {s: v if isinstance(v, bytes) else keep_live[s] for s, v in zip(symbols, live, strict=True)}
 
     def commands() -> Iterator[list[Any] | bytes]:
         # DEL first: a repeated stream (redis-py's retry after a lost connection) starts the hash again.

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tokenwatch.domain.contracts import METADATA_COLUMNS, Meta
+from tokenwatch.domain.contracts import METADATA_COLUMNS, METADATA_FIELDS, Meta
 
 ACTIVE = "active"
 DELISTED = "delisted"
@@ -42,6 +42,10 @@ class RegistryRow:
             self.first_seen, self.last_seen, self.delisted_at, self.missing_since, *self.meta,
         )
 
+    def as_contract(self) -> dict[str, Any]:
+        """The row in KuCoin's shape (camelCase keys): the listing metadata, no market data."""
+        return stored_contract(self.symbol, self.contract_status, self.meta)
+
     @classmethod
     def from_row(cls, row: Sequence[Any]) -> RegistryRow:
         """Rebuild from a row in tokens-table column order."""
@@ -52,6 +56,19 @@ class RegistryRow:
             last_seen=_int(last_seen), delisted_at=_opt_int(delisted_at), meta=tuple(row[9:]),
             missing_since=_opt_int(missing),
         )
+
+
+def stored_contract(symbol: str, contract_status: str, meta: Sequence[Any]) -> dict[str, Any]:
+    """A contract in KuCoin's shape (camelCase keys) from its stored listing metadata, in METADATA_FIELDS order."""
+    contract: dict[str, Any] = {"symbol": symbol, "status": contract_status}
+    for (key, _, kind), stored in zip(METADATA_FIELDS, meta, strict=True):
+        if kind == "list" and isinstance(stored, str):
+            contract[key] = stored.split(",") if stored else []  # stored sorted and comma-joined
+        elif kind == "bool" and stored is not None:
+            contract[key] = bool(stored)
+        else:
+            contract[key] = stored
+    return contract
 
 
 def _int(value: object) -> int:

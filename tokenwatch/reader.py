@@ -52,8 +52,8 @@ from tokenwatch.clock import HOUR_MS, now_ms
 from tokenwatch.db.engine import BUSY_TIMEOUT_MS, sqlite_path
 from tokenwatch.db.queries import history, list_tokens
 from tokenwatch.db.schema import tokens
-from tokenwatch.domain.contracts import METADATA_FIELDS
-from tokenwatch.domain.registry import ACTIVE
+from tokenwatch.domain.contracts import METADATA_COLUMNS
+from tokenwatch.domain.registry import ACTIVE, stored_contract
 from tokenwatch.errors import ConfigError, TokenwatchError
 from tokenwatch.settings import get_settings, redact_url
 
@@ -77,15 +77,8 @@ class RegistryUnavailableError(TokenwatchError):
 
 def contract_from_row(row: Mapping[Any, Any]) -> Contract:
     """A tokens-table row in KuCoin's shape (camelCase keys); without market data, which SQLite does not keep."""
-    contract: Contract = {"symbol": row["symbol"], "status": row["contract_status"]}
-    for key, column, kind in METADATA_FIELDS:
-        value = row[column]
-        if kind == "list" and isinstance(value, str):
-            value = value.split(",") if value else []  # stored sorted and comma-joined
-        elif kind == "bool" and value is not None:
-            value = bool(value)  # SQLite keeps 0 and 1: as KuCoin sends it, whatever read the row
-        contract[key] = value
-    return contract
+    meta = [row[column] for column in METADATA_COLUMNS]
+    return stored_contract(str(row["symbol"]), str(row["contract_status"]), meta)
 
 
 def _read_only_engine(database_url: str) -> Engine:

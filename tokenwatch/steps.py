@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import orjson
 import redis
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -28,7 +29,7 @@ from tokenwatch.db.queries import load_head, load_registry, sync_run
 from tokenwatch.db.writer import apply_plan, record_outcome, sync_run_row
 from tokenwatch.domain.contracts import ParseResult, RawJson, contract_list, parse_contracts
 from tokenwatch.domain.diff import Plan, build_plan, is_suspect, missing_symbols
-from tokenwatch.domain.registry import RegistryHead, RegistryState
+from tokenwatch.domain.registry import ACTIVE, RegistryHead, RegistryState
 from tokenwatch.errors import (
     BadResponseError,
     FetchError,
@@ -51,6 +52,9 @@ log = logging.getLogger("tokenwatch.sync")
 NAMED = 10  # symbols named per kind of event in the log; the rest are counted
 # At most this many absent symbols are checked one by one per sync; the rest wait for a second absence.
 MAX_CONFIRMATIONS = 50
+# What the one-contract endpoint says of a contract that is gone; any other status (Open, Paused, CancelOnly,
+# ...) means it is still listed and only the list left it out.
+GONE_STATUSES = frozenset({"Settled", "Closed"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +304,7 @@ def diff(ctx: StepContext, state: SyncState) -> SyncState:
     _rearm(ctx, state)
     body = ctx.handoff.take_answer(state.sync_id)
     with paused_gc():
-        plan, entries = _build(ctx, state, body)
+        plan, entries, kept = _build(ctx, state, body)
     del body
     timer = Timer()
     if ctx.redis is None:
@@ -308,8 +312,7 @@ def diff(ctx: StepContext, state: SyncState) -> SyncState:
     else:
         try:
             state.cache_size = hot.stage_entries(
-                ctx.redis, keys.cache_key(state.sync_id), entries, [*plan.missing, *plan.held],
-                ctx.settings.staging_ttl_s,
+                ctx.redis, keys.cache_key(state.sync_id), entries, kept, ctx.settings.staging_ttl_s,
             )
         except redis.RedisError as exc:
             state.cache_error = f"cache stale: Redis unavailable ({one_line(exc)})"
@@ -320,8 +323,12 @@ def diff(ctx: StepContext, state: SyncState) -> SyncState:
     return state
 
 
-def _build(ctx: StepContext, state: SyncState, body: bytes | bytearray) -> tuple[Plan, dict[str, RawJson]]:
-    """Load the registry once, parse, confirm absences, classify: the plan and the next cache's entries."""
+def _build(
+    ctx: StepContext, state: SyncState, body: bytes | bytearray,
+) -> tuple[Plan, dict[str, RawJson], dict[str, bytes]]:
+    """Load the registry once, parse, confirm absences, classify: the plan, the next cache's entries from this
+    answer, and the symbols that stay listed without one (with their registry rows' text, should the cache
+    have lost theirs)."""
     settings = ctx.settings
     timer = Timer()
     registry = load_state(ctx)
@@ -354,10 +361,14 @@ def _build(ctx: StepContext, state: SyncState, body: bytes | bytearray) -> tuple
     # The per-symbol checks are network time: counted in api, not in process.
     state.add_time("api", confirm_ms)
     state.add_time("process", timer.ms() - confirm_ms)
-    # The cache holds each contract's JSON exactly as the exchange sent it: no re-encoding. A held symbol keeps
-    # the entry the cache has.
+    # The cache holds each contract's JSON exactly as the exchange sent it: no re-encoding. A symbol kept or held
+    # keeps the entry the cache has.
     held = set(plan.held)
-    return plan, {symbol: c.raw for symbol, c in parsed.contracts.items() if symbol not in held}
+    # A held symbol that is delisted in the registry stays out of the cache, as it stays delisted.
+    rows = registry.rows
+    kept = {symbol: orjson.dumps(rows[symbol].as_contract())
+            for symbol in (*plan.missing, *plan.held) if rows[symbol].status == ACTIVE}
+    return plan, {symbol: c.raw for symbol, c in parsed.contracts.items() if symbol not in held}, kept
 
 
 def warn_invalid(process: ProcessState, parsed: ParseResult) -> None:
@@ -408,8 +419,9 @@ def confirm_missing(ctx: StepContext, missing: list[str]) -> tuple[list[str], li
             log.warning("could not confirm that %s is gone (%s): waiting for a second absence", symbol, exc)
             unconfirmed.append(symbol)
             continue
-        if status == "Open":
-            log.warning("%s was missing from the list but is still Open: a flaky omission, kept active", symbol)
+        if status is not None and status not in GONE_STATUSES:
+            log.warning("%s was missing from the list but is still listed (%s): a flaky omission, kept", symbol,
+                        status)
             still_listed.append(symbol)
     return still_listed, unconfirmed
 

@@ -142,6 +142,22 @@ def test_a_symbol_twice_is_ambiguous_its_row_stays_and_nothing_flaps(stack: Stac
     assert twice in read_everything(stack)
 
 
+def test_a_delisted_symbol_back_twice_stays_delisted_and_out_of_the_cache(stack: Stack, sim: Simulator) -> None:
+    stack.env["TOKENWATCH_KUCOIN_URL"] = sim.url
+    assert stack.sync("--inline")["status"] == "baseline"
+    gone = sim.symbols()[5]
+    copy = sim.contract(gone)
+    sim.delist([gone])
+    assert stack.sync("--inline")["counts"]["delisted"] == 1
+    sim.inject("bad_records", records=[copy, {**copy, "maxLeverage": 7}])  # back, but twice: which one?
+
+    outcome = stack.sync("--inline")
+
+    assert (outcome["status"], outcome["counts"]["invalid"], outcome["counts"]["relisted"]) == ("ok", 2, 0)
+    assert stack.query("SELECT status FROM tokens WHERE symbol = ?", gone) == [("delisted",)]
+    assert gone not in read_everything(stack)  # the invariants check the cache holds active symbols only
+
+
 def test_dates_that_cannot_be_make_no_event_and_no_ten_year_new_listing(stack: Stack, sim: Simulator) -> None:
     stack.env["TOKENWATCH_KUCOIN_URL"] = sim.url
     assert stack.sync("--inline")["status"] == "baseline"

@@ -28,7 +28,7 @@ def test_a_large_cache_staged_through_our_client_arrives_whole(
     blob = memoryview(b"".join(b'{"symbol":"C%dUSDTM","pad":"%s"}' % (i, b"x" * 1500) for i in range(5_000)))
     step = len(blob) // 5_000
     entries = {f"C{i}USDTM": blob[i * step:(i + 1) * step] for i in range(5_000)}
-    assert hot.stage_entries(client, "staged", entries, [], 60) == 5_000
+    assert hot.stage_entries(client, "staged", entries, {}, 60) == 5_000
     stored = redis_client.hgetall("staged")
     assert len(stored) == 5_000
     assert all(stored[k.encode()] == bytes(v) for k, v in entries.items())

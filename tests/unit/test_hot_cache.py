@@ -36,7 +36,7 @@ def publish_as(client: redis.Redis, registry_id: str, revision: int, entries: di
                sync_id: str | None = None, head: int | None = None) -> int:
     sync_id = sync_id or f"sync-{revision}"
     staged = keys.cache_key(sync_id)
-    size = hot.stage_entries(client, staged, entries, [], TTL_S)
+    size = hot.stage_entries(client, staged, entries, {}, TTL_S)
     return hot.publish(client, staged, revision, size, registry_id=registry_id, sync_id=sync_id,
                        head=revision if head is None else head)
 
@@ -51,7 +51,7 @@ def test_stage_entries_builds_a_fresh_hash_with_a_ttl(client: redis.Redis) -> No
     staged = keys.cache_key("sync-1")
     client.hset(staged, "LEFTOVERUSDTM", b"from a crashed attempt")
     entries = {"XBTUSDTM": entry("XBTUSDTM", 1.0), "ETHUSDTM": entry("ETHUSDTM", 2.0)}
-    assert hot.stage_entries(client, staged, entries, [], TTL_S) == 2
+    assert hot.stage_entries(client, staged, entries, {}, TTL_S) == 2
     assert client.hgetall(staged) == as_bytes(entries)
     assert 0 < client.ttl(staged) <= TTL_S
     assert client.exists(keys.TOKENS) == 0  # the live hash is not touched by staging
@@ -60,7 +60,7 @@ def test_stage_entries_builds_a_fresh_hash_with_a_ttl(client: redis.Redis) -> No
 def test_stage_entries_writes_large_snapshots_in_chunks(client: redis.Redis) -> None:
     entries = {f"C{i}USDTM": entry(f"C{i}USDTM", float(i)) for i in range(hot.HSET_CHUNK * 2 + 5)}
     staged = keys.cache_key("sync-big")
-    assert hot.stage_entries(client, staged, entries, [], TTL_S) == len(entries)
+    assert hot.stage_entries(client, staged, entries, {}, TTL_S) == len(entries)
     assert client.hlen(staged) == len(entries)
 
 
@@ -69,7 +69,7 @@ def test_stage_entries_replaces_a_leftover_whatever_the_count(client: redis.Redi
     entries = {f"C{i}USDTM": entry(f"C{i}USDTM", float(i)) for i in range(count)}
     staged = keys.cache_key("sync-again")
     client.hset(staged, "LEFTOVERUSDTM", b"from a crashed attempt")
-    assert hot.stage_entries(client, staged, entries, [], TTL_S) == count
+    assert hot.stage_entries(client, staged, entries, {}, TTL_S) == count
     assert client.hgetall(staged) == as_bytes(entries)
 
 
@@ -77,9 +77,11 @@ def test_keep_live_keeps_the_live_entries_of_listed_symbols(client: redis.Redis)
     old = {"AUSDTM": entry("AUSDTM", 1.0), "BUSDTM": entry("BUSDTM", 2.0)}
     assert publish_entries(client, 1, old)
     staged = keys.cache_key("sync-2")
-    size = hot.stage_entries(client, staged, {"CUSDTM": entry("CUSDTM", 3.0)}, ["AUSDTM", "ZUSDTM"], TTL_S)
-    assert size == 2  # ZUSDTM has no live entry to keep
-    assert client.hgetall(staged) == {b"AUSDTM": old["AUSDTM"], b"CUSDTM": entry("CUSDTM", 3.0)}
+    fallback = {"AUSDTM": b'{"from":"the registry"}', "ZUSDTM": b'{"from":"the registry"}'}
+    size = hot.stage_entries(client, staged, {"CUSDTM": entry("CUSDTM", 3.0)}, fallback, TTL_S)
+    assert size == 3  # ZUSDTM has no live entry: its registry row's text stands in
+    assert client.hgetall(staged) == {b"AUSDTM": old["AUSDTM"], b"CUSDTM": entry("CUSDTM", 3.0),
+                                      b"ZUSDTM": b'{"from":"the registry"}'}
 
 
 # ---- publishing --------------------------------------------------------------------------------------------
