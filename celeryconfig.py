@@ -38,6 +38,9 @@ task_time_limit = 120
 # keep it far above every time limit (https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout).
 broker_transport_options = {"visibility_timeout": 3600}
 result_backend_transport_options = {"visibility_timeout": 3600}
+# A write running when the broker connection drops finishes (its transaction commits or rolls back whole); its
+# redelivery then finds the sync applied. Celery 6 will cancel such tasks by default; we choose not to.
+worker_cancel_long_running_tasks_on_connection_loss = False
 # Flower needs task events, including "sent" for beat-sent and manual tasks.
 worker_send_task_events = True
 task_send_sent_event = True

@@ -8,8 +8,11 @@ import subprocess
 import time
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from tokenwatch.errors import TokenwatchError
+from tokenwatch import lifeline
+from tokenwatch.errors import RunRefusedError, TokenwatchError
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +27,10 @@ def redis_executable() -> str:
 
 
 class EmbeddedRedis:
-    """A redis-server child process on a unix socket; persists to an RDB file beside the database."""
+    """A redis-server child process on a unix socket; persists to an RDB file beside the database.
+
+    The server gets SIGTERM (and saves) when the thread that started it exits: start it from the main thread.
+    """
 
     def __init__(self, socket_path: str, data_dir: str) -> None:
         self.socket_path = socket_path
@@ -38,22 +44,18 @@ class EmbeddedRedis:
     def start(self) -> EmbeddedRedis:
         """Start the server and wait until it answers PING."""
         os.makedirs(self.data_dir, exist_ok=True)
-        if os.path.exists(self.socket_path):
-            if self._answers():
-                raise TokenwatchError(
-                    f"an embedded Redis already listens on {self.socket_path}: is tokenwatch run already running?"
-                )
-            os.unlink(self.socket_path)
+        self.check_free()
+        self.remove_stale_socket()
         args = [
             redis_executable(), "--port", "0", "--unixsocket", self.socket_path, "--unixsocketperm", "700",
             "--dir", self.data_dir, "--dbfilename", "redis.rdb", "--save", "60", "1",
             "--appendonly", "no", "--daemonize", "no", "--logfile", os.path.join(self.data_dir, "redis.log"),
         ]
-        self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.process = subprocess.Popen(lifeline.wrap(args), stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise TokenwatchError("the embedded Redis exited at start; see data/redis.log")
+                raise TokenwatchError(f"the embedded Redis exited at start; see {self.log_file()}")
             if self._answers():
                 log.info("embedded Redis started on %s", self.socket_path)
                 return self
@@ -61,15 +63,37 @@ class EmbeddedRedis:
         self.stop()
         raise TokenwatchError(f"the embedded Redis did not answer within {START_TIMEOUT_S:g} s")
 
+    def check_free(self) -> None:
+        """Raise RunRefusedError when a server (one an earlier run left behind) already answers on the socket."""
+        pid = self._server_pid() if os.path.exists(self.socket_path) else None
+        if pid is not None:
+            raise RunRefusedError(
+                f"a Redis left by an earlier run (pid {pid}) still listens on {_shown(self.socket_path)}: "
+                f"stop it (`kill {pid}`) and start again"
+            )
+
+    def remove_stale_socket(self) -> None:
+        """Remove the socket file of a server that was killed (one that stops cleanly removes its own)."""
+        if os.path.exists(self.socket_path) and not self._answers():
+            os.unlink(self.socket_path)
+
+    def log_file(self) -> str:
+        """The server's log, as the user would name it."""
+        return _shown(os.path.join(self.data_dir, "redis.log"))
+
     def _answers(self) -> bool:
+        return self._server_pid() is not None
+
+    def _server_pid(self) -> int | None:
+        """The pid of the server answering on the socket, None when none does."""
+        # No retries: a socket nobody serves must say so at once (redis-py retries with backoff for seconds).
+        client = redis.Redis(unix_socket_path=self.socket_path, socket_timeout=1, retry=Retry(NoBackoff(), 0))
         try:
-            client = redis.Redis(unix_socket_path=self.socket_path, socket_timeout=1)
-            try:
-                return bool(client.ping())
-            finally:
-                client.close()
-        except (redis.RedisError, OSError):
-            return False
+            return int(client.info("server")["process_id"])
+        except (redis.RedisError, OSError, KeyError, ValueError):
+            return None
+        finally:
+            client.close()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Ask the server to save and exit; kill it if it does not within timeout_s."""
@@ -89,3 +113,9 @@ class EmbeddedRedis:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _shown(path: str) -> str:
+    """path relative to the working directory when it is below it: what the user configured, not the machine's."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative

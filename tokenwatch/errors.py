@@ -9,7 +9,9 @@
      ├── StaleSnapshotError   the snapshot is older than the one already applied
      ├── WriteError           the database transaction failed and was rolled back
      ├── RegistryMissingError a command that only reads found no registry where it was pointed
-     └── SchemaError          the registry's schema is not this release's (behind: upgrade; ahead: newer release)
+     ├── SchemaError          the registry's schema is not this release's (behind: upgrade; ahead: newer release)
+     └── RunRefusedError      `tokenwatch run` cannot start: its folder or registry is in use, a port is taken,
+                              or an earlier run's processes live on; or a child it supervises keeps dying
 """
 
 from __future__ import annotations
@@ -61,6 +63,10 @@ class RegistryMissingError(TokenwatchError):
 
 class SchemaError(TokenwatchError):
     """The registry's schema is behind this release's (run `tokenwatch db upgrade`) or unknown to it."""
+
+
+class RunRefusedError(TokenwatchError):
+    """`tokenwatch run` will not start (or go on): the message says what stands in the way and what to do."""
 
 
 def one_line(exc: BaseException) -> str:

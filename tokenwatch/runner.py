@@ -1,4 +1,5 @@
-"""`tokenwatch run`: Redis (embedded if needed), a worker on all queues, beat and Flower, stopped together."""
+"""`tokenwatch run`: Redis (embedded if needed), a worker on all queues, beat and Flower, supervised and stopped
+together."""
 
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from types import FrameType
 from wsgiref.simple_server import WSGIServer
 
-from tokenwatch import metrics, process
+from tokenwatch import lifeline, metrics, preflight, process
 from tokenwatch.db.engine import upgrade_registry
 from tokenwatch.embedded import EmbeddedRedis
-from tokenwatch.errors import ConfigError
+from tokenwatch.errors import ConfigError, RunRefusedError
 from tokenwatch.settings import ENV_PREFIX, Settings, redact_url
+from tokenwatch.supervise import Supervisor
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tokenwatch.run")
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 STOP_GRACE_S = 7.0  # children get this long after SIGTERM; everything is gone well within 10 s
@@ -50,12 +53,12 @@ def commands(settings: Settings) -> dict[str, list[str]]:
 
 
 class Runner:
-    """Starts the children, watches them, and stops everything it started on a signal or a death."""
+    """Checks what it needs, starts the children, restarts one that dies, and stops everything it started."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.redis: EmbeddedRedis | None = None
-        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.supervisor = Supervisor()
+        self.embedded: EmbeddedRedis | None = None
         self.metrics_server: WSGIServer | None = None
         self.stopping = False
 
@@ -64,73 +67,77 @@ class Runner:
         self.stopping = True
 
     def run(self) -> int:
-        """Run until SIGINT/SIGTERM or a child's death; returns the exit status."""
+        """Run until SIGINT/SIGTERM, or until a child keeps dying; returns the exit status."""
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGTERM, self._on_signal)
-        env = dict(os.environ)
+        # Nothing is started, and the registry not touched, until the settings are sound and the folder, the
+        # registry and the ports are ours.
+        argvs = commands(self.settings)
+        claim = preflight.claim(self.settings)
         try:
-            # Before any worker starts: the registry created, or upgraded in place (under its write lock).
-            upgrade_registry(self.settings.database_url)
-            if self.settings.redis_url is None:
-                self.redis = EmbeddedRedis(self.settings.embedded_socket(), self.settings.data_dir).start()
-                env[ENV_PREFIX + "REDIS_URL"] = self.redis.url
-            log.info("using Redis at %s", redact_url(env.get(ENV_PREFIX + "REDIS_URL")))
-            if self.settings.flower_basic_auth:
-                env["FLOWER_BASIC_AUTH"] = self.settings.flower_basic_auth
-            # Only the worker writes multiprocess metric files (tokenwatch/metrics.py); Flower keeps its own.
-            env.pop(metrics.MULTIPROC_ENV, None)
-            multiproc_dir = metrics.prepare_multiproc_dir(self.settings.data_dir)
-            worker_env = {**env, metrics.MULTIPROC_ENV: multiproc_dir}
-            for name, argv in commands(self.settings).items():
-                # Own process group: a Ctrl-C reaches them through us, in order, not all at once.
-                self.children[name] = subprocess.Popen(argv, env=worker_env if name == "worker" else env,
-                                                       start_new_session=True)
-            self.metrics_server = metrics.serve(self.settings, process.current(), multiproc_dir)
-            log.info("worker, beat and Flower started; Flower on http://%s:%d",
-                     self.settings.flower_address, self.settings.flower_port)
-            self._kick_first_sync(env)
+            preflight.check_ports(self.settings)
+            self._start(claim, argvs)
             while not self.stopping:
-                for name, child in self.children.items():
-                    if child.poll() is not None:
-                        log.error("%s exited with status %s; stopping everything", name, child.returncode)
-                        self.stopping = True
-                        return_code = 1
-                        break
-                else:
-                    time.sleep(0.2)
-                    continue
-                break
-            else:
-                return_code = 0
-            return return_code
+                if self.supervisor.check():
+                    claim.note_children(self.supervisor.pids())
+                time.sleep(0.2)
+            return 0
+        except RunRefusedError as exc:
+            if not self.supervisor.children:
+                raise  # refused before anything started: the CLI prints the line
+            log.error("%s; stopping everything", exc)
+            return 1
         finally:
             self.stop()
+            claim.release()
+
+    def _start(self, claim: preflight.Claim, argvs: dict[str, list[str]]) -> None:
+        env = dict(os.environ)
+        if self.settings.redis_url is None:
+            self.embedded = EmbeddedRedis(self.settings.embedded_socket(), self.settings.data_dir)
+            self.embedded.check_free()
+        # Before any worker starts: the registry created, or upgraded in place (under its write lock).
+        upgrade_registry(self.settings.database_url)
+        if (embedded := self.embedded) is not None:
+            self.supervisor.add("embedded Redis", lambda: _started(embedded.start()), hint=f"see {embedded.log_file()}")
+            env[ENV_PREFIX + "REDIS_URL"] = embedded.url
+        log.info("using Redis at %s", redact_url(env.get(ENV_PREFIX + "REDIS_URL")))
+        if self.settings.flower_basic_auth:
+            env["FLOWER_BASIC_AUTH"] = self.settings.flower_basic_auth
+        # Only the worker writes multiprocess metric files (tokenwatch/metrics.py); Flower keeps its own.
+        env.pop(metrics.MULTIPROC_ENV, None)
+        multiproc_dir = metrics.prepare_multiproc_dir(self.settings.data_dir)
+        worker_env = {**env, metrics.MULTIPROC_ENV: multiproc_dir}
+        for name, argv in argvs.items():
+            self.supervisor.add(name, partial(_spawn, argv, worker_env if name == "worker" else env))
+        claim.note_children(self.supervisor.pids())
+        self.metrics_server = metrics.serve(self.settings, process.current(), multiproc_dir)
+        log.info("worker, beat and Flower started; Flower on http://%s:%d",
+                 self.settings.flower_address, self.settings.flower_port)
+        self._kick_first_sync(env)
 
     def _kick_first_sync(self, env: dict[str, str]) -> None:
         # Beat's first tick comes one interval after start; a newcomer should see the registry fill now.
-        subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "tokenwatch.workers.app", "call", "tokenwatch.sync"],
-            env=env, stdout=subprocess.DEVNULL, start_new_session=True,
-        )
+        subprocess.Popen(lifeline.wrap(_celery("call", "tokenwatch.sync")), env=env, stdout=subprocess.DEVNULL,
+                         start_new_session=True)
 
     def stop(self) -> None:
-        """SIGTERM every child, wait, SIGKILL stragglers, then stop the embedded Redis."""
+        """SIGTERM every child, wait, SIGKILL stragglers; the embedded Redis last, once the others are gone."""
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
             self.metrics_server = None
-        for child in self.children.values():
-            if child.poll() is None:
-                child.terminate()
-        deadline = time.monotonic() + STOP_GRACE_S
-        for name, child in self.children.items():
-            try:
-                child.wait(max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in time; killing it", name)
-                os.killpg(child.pid, signal.SIGKILL)
-                child.wait()
-        self.children.clear()
-        if self.redis is not None:
-            self.redis.stop(timeout_s=2.0)
-            self.redis = None
+        self.supervisor.stop(STOP_GRACE_S, last="embedded Redis")
+        if self.embedded is not None:
+            self.embedded.remove_stale_socket()
+
+
+def _spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    # Own process group: a Ctrl-C reaches them through us, in order, not all at once. The lifeline takes them
+    # down with us if we are killed.
+    return subprocess.Popen(lifeline.wrap(argv), env=env, start_new_session=True)
+
+
+def _started(server: EmbeddedRedis) -> subprocess.Popen[bytes]:
+    assert server.process is not None  # start() returned: the server answers
+    return server.process

@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import gc
+import signal
+import warnings
 from typing import Any
 
 from celery import Celery, signals
+from celery.exceptions import CPendingDeprecationWarning
+
+from tokenwatch.lifeline import die_with_parent
+
+# On every lost broker connection Celery warns, in seven lines, of a default that celeryconfig sets on purpose.
+warnings.filterwarnings("ignore", message="\nIn Celery 5.1 we introduced", category=CPendingDeprecationWarning)
 
 app = Celery("tokenwatch", include=["tokenwatch.tasks.sync", "tokenwatch.tasks.maintenance"])
 app.config_from_object("tokenwatch.celeryconfig")
@@ -18,3 +26,11 @@ def _freeze_imports(**_: Any) -> None:
 
 
 signals.worker_process_init.connect(_freeze_imports)
+
+
+def _die_with_the_worker(**_: Any) -> None:
+    """A pool process whose worker was killed outright has nobody to report to: it goes too, not on as an orphan."""
+    die_with_parent(signal.SIGKILL)
+
+
+signals.worker_process_init.connect(_die_with_the_worker)
