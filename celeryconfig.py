@@ -5,14 +5,13 @@ Importable on its own: ``python -m tokenwatch.celeryconfig`` prints the effectiv
 
 from __future__ import annotations
 
-import os
-
 from celery.app.defaults import DEFAULTS
 from celery.schedules import crontab
 
-from tokenwatch.cache.redis_client import to_kombu_url
+from tokenwatch.cache.redis_client import to_kombu_url, to_redis_py_url
 from tokenwatch.settings import get_settings, redact_url
 from tokenwatch.tasks.names import CHECK_ALERTS, DB_OPTIMIZE, DB_VACUUM, PRUNE_SYNC_RUNS, ROUTES, SYNC, Queue
+from tokenwatch.workers.beat import LEASE_PREFIX
 
 _settings = get_settings()
 
@@ -83,11 +82,19 @@ beat_schedule = {
         "options": {"expires": 3600},
     },
 }
-# Keep the beat schedule file beside the database, not in the working directory.
-beat_schedule_filename = os.path.join(_settings.data_dir, "celerybeat-schedule")
+# Several nodes may each run a beat: redbeat keeps the schedule in Redis and lets one beat hold a lease-based
+# lock; the others wait for it. A holder that dies or is cut off stops renewing, its lease lapses and another
+# beat takes over; the schedule (last run times) is shared, so the new holder neither repeats nor skips a tick.
+# https://github.com/sibson/redbeat#configuration (workers/beat.py: why not its scheduler as it is)
+beat_scheduler = "tokenwatch.workers.beat:LeasedScheduler"
+redbeat_redis_url = to_redis_py_url(_redis_url)
+redbeat_key_prefix = LEASE_PREFIX
+redbeat_lock_timeout = int(_settings.beat_lease_s())
+# Beat wakes at least this often, to renew its lease (and, waiting, to try for it).
+beat_max_loop_interval = max(int(_settings.beat_lease_s() / 3), 1)
 
 if __name__ == "__main__":
     for name, value in sorted(globals().items()):
-        if name in DEFAULTS:  # Celery's own setting names only
+        if name in DEFAULTS or name.startswith("redbeat_"):  # Celery's own setting names, and redbeat's
             shown = redact_url(value) if isinstance(value, str) and "://" in value else value
             print(f"{name} = {shown!r}")

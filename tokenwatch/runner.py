@@ -44,10 +44,10 @@ def commands(settings: Settings) -> dict[str, list[str]]:
         )
     return {
         # One process consumes both queues: the db queue must have a single writer.
-        "worker": _celery("worker", "-Q", "fetch,db", "-c", "1", "-n", "tokenwatch@%h", "-E",
+        "worker": _celery("worker", "-Q", "fetch,db", "-c", "1", "-n", f"tokenwatch@{settings.node_name}", "-E",
                           "--loglevel=INFO", "--without-mingle", "--without-gossip"),
-        "beat": _celery("beat", "--loglevel=INFO",
-                        "-s", os.path.join(settings.data_dir, "celerybeat-schedule")),
+        # Every node runs a beat; the schedule's lease in Redis lets one schedule (celeryconfig, workers/beat.py).
+        "beat": _celery("beat", "--loglevel=INFO"),
         "flower": flower,
     }
 

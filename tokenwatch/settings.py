@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import socket
 import tempfile
 from urllib.parse import urlsplit, urlunsplit
 
@@ -52,6 +53,9 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9808, ge=0, le=65535)
     # sync_runs rows older than this are pruned daily; token_history is kept for ever.
     retention_days: float = Field(30.0, gt=0)
+    # This node's name among several `tokenwatch run`s sharing one Redis and PostgreSQL (its worker is
+    # tokenwatch@NAME in Flower); the host name by default.
+    node_name: str = Field(default_factory=socket.gethostname, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
     @field_validator("kucoin_url")
     @classmethod
@@ -85,6 +89,11 @@ class Settings(BaseSettings):
             digest = hashlib.sha1(path.encode()).hexdigest()[:12]  # noqa: S324 - a name, not security
             path = os.path.join(tempfile.gettempdir(), f"tokenwatch-{digest}.sock")
         return path
+
+    def beat_lease_s(self) -> float:
+        """How long the beat lock outlives its holder's last renewal: one interval, within 3..30 s. The holder
+        renews it three times a lease; another node's beat takes over within about 1.4 leases of its death."""
+        return min(max(self.sync_interval_s, 3.0), 30.0)
 
     def effective_redis_url(self) -> str:
         """TOKENWATCH_REDIS_URL, or the embedded server's socket when it is unset."""

@@ -5,6 +5,7 @@ The structural checks read the YAML with PyYAML and skip, saying so, where it is
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -185,10 +186,15 @@ def test_the_app_services_share_the_settings_and_the_data_volume(compose: dict[s
 
 
 def test_the_health_check_scripts_are_valid_python(compose: dict[str, Any]) -> None:
-    for name in ("beat", "flower"):
-        test = service(compose, name)["healthcheck"]["test"]
-        assert test[:3] == ["CMD", "python", "-c"], name
-        compile(test[3], f"{name} healthcheck", "exec")
+    test = service(compose, "flower")["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"]
+    compile(test[3], "flower healthcheck", "exec")
+
+
+def test_the_beat_health_check_is_a_module_of_the_package(compose: dict[str, Any]) -> None:
+    test = service(compose, "beat")["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-m"]
+    assert importlib.util.find_spec(test[3]) is not None, test[3]
 
 
 # ---- the image ------------------------------------------------------------------------------------------------
