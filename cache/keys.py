@@ -8,6 +8,7 @@ ORIGIN = "tokenwatch:tokens:origin"  # "<registry id> <sync id>": which registry
 EVENTS = "tokenwatch:events"
 EVENTS_CURSOR = "tokenwatch:events:cursor"  # hash: registry, history_id, sync_id of the last event appended
 SYNC_LOCK = "tokenwatch:sync:lock"
+NODES = "tokenwatch:nodes"  # hash: node name -> JSON of what `tokenwatch run` on that node says of itself
 _STAGING = "tokenwatch:staging"
 
 

@@ -3,20 +3,26 @@ together."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
 from types import FrameType
 from wsgiref.simple_server import WSGIServer
 
-from tokenwatch import lifeline, metrics, preflight, process
+import redis
+from sqlalchemy.engine import make_url
+
+from tokenwatch import lifeline, metrics, nodes, preflight, process
 from tokenwatch.db.engine import upgrade_registry
+from tokenwatch.db.queries import load_head
 from tokenwatch.embedded import EmbeddedRedis
-from tokenwatch.errors import ConfigError, RunRefusedError
+from tokenwatch.errors import ConfigError, RunRefusedError, one_line
 from tokenwatch.settings import ENV_PREFIX, Settings, redact_url
 from tokenwatch.supervise import Supervisor
 
@@ -24,6 +30,7 @@ log = logging.getLogger("tokenwatch.run")
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 STOP_GRACE_S = 7.0  # children get this long after SIGTERM; everything is gone well within 10 s
+JOIN_WAIT_S = 10.0  # a Redis started beside the run (compose, systemd) may need a moment
 
 
 def _celery(*args: str) -> list[str]:
@@ -60,6 +67,8 @@ class Runner:
         self.supervisor = Supervisor()
         self.embedded: EmbeddedRedis | None = None
         self.metrics_server: WSGIServer | None = None
+        self.node: nodes.Node | None = None
+        self.redis_lost = False
         self.stopping = False
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -77,9 +86,13 @@ class Runner:
         try:
             preflight.check_ports(self.settings)
             self._start(claim, argvs)
+            renewed = time.monotonic()
             while not self.stopping:
                 if self.supervisor.check():
                     claim.note_children(self.supervisor.pids())
+                if time.monotonic() - renewed >= nodes.RENEW_S:
+                    self._announce()
+                    renewed = time.monotonic()
                 time.sleep(0.2)
             return 0
         except RunRefusedError as exc:
@@ -96,12 +109,16 @@ class Runner:
         if self.settings.redis_url is None:
             self.embedded = EmbeddedRedis(self.settings.embedded_socket(), self.settings.data_dir)
             self.embedded.check_free()
+        if self.settings.redis_url is not None:
+            # Before the registry is touched: a node that may not join this Redis must not create one either.
+            self._check_join(nodes.Node.this(self.settings.node_name, "", _backend(self.settings.database_url)))
         # Before any worker starts: the registry created, or upgraded in place (under its write lock).
         upgrade_registry(self.settings.database_url)
         if (embedded := self.embedded) is not None:
             self.supervisor.add("embedded Redis", lambda: _started(embedded.start()), hint=f"see {embedded.log_file()}")
             env[ENV_PREFIX + "REDIS_URL"] = embedded.url
         log.info("using Redis at %s", redact_url(env.get(ENV_PREFIX + "REDIS_URL")))
+        self._join()
         if self.settings.flower_basic_auth:
             env["FLOWER_BASIC_AUTH"] = self.settings.flower_basic_auth
         # Only the worker writes multiprocess metric files (tokenwatch/metrics.py); Flower keeps its own.
@@ -116,6 +133,45 @@ class Runner:
                  self.settings.flower_address, self.settings.flower_port)
         self._kick_first_sync(env)
 
+    def _redis(self) -> redis.Redis:
+        return process.current().redis(self.settings.effective_redis_url())
+
+    def _join(self) -> None:
+        """Join the nodes on this Redis as this registry's node, or refuse (tokenwatch.nodes)."""
+        engine = process.current().engine(self.settings.database_url)
+        node = nodes.Node.this(self.settings.node_name, load_head(engine).registry_id or "",
+                               _backend(self.settings.database_url))
+        self._with_redis(lambda client: nodes.join(client, node))
+        self.node = node
+
+    def _check_join(self, node: nodes.Node) -> None:
+        self._with_redis(lambda client: nodes.check_join(client, node))
+
+    def _with_redis(self, action: Callable[[redis.Redis], None]) -> None:
+        """action on this run's Redis, waiting up to JOIN_WAIT_S for one that is not up yet."""
+        deadline = time.monotonic() + JOIN_WAIT_S
+        while True:
+            try:
+                action(self._redis())
+                return
+            except redis.RedisError as exc:
+                if time.monotonic() > deadline:
+                    raise RunRefusedError(
+                        f"Redis at {redact_url(self.settings.effective_redis_url())} unreachable: {one_line(exc)}"
+                    ) from None
+                time.sleep(0.5)
+
+    def _announce(self) -> None:
+        if self.node is None:
+            return
+        try:
+            nodes.announce(self._redis(), self.node)
+            self.redis_lost = False
+        except redis.RedisError as exc:
+            if not self.redis_lost:  # once per outage: the workers say the rest
+                log.warning("cannot announce this node: Redis unreachable (%s)", one_line(exc))
+                self.redis_lost = True
+
     def _kick_first_sync(self, env: dict[str, str]) -> None:
         # Beat's first tick comes one interval after start; a newcomer should see the registry fill now.
         subprocess.Popen(lifeline.wrap(_celery("call", "tokenwatch.sync")), env=env, stdout=subprocess.DEVNULL,
@@ -127,9 +183,18 @@ class Runner:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
             self.metrics_server = None
+        if self.node is not None:
+            with contextlib.suppress(redis.RedisError):
+                nodes.leave(self._redis(), self.node)
+            self.node = None
         self.supervisor.stop(STOP_GRACE_S, last="embedded Redis")
         if self.embedded is not None:
             self.embedded.remove_stale_socket()
+
+
+def _backend(database_url: str) -> str:
+    """The registry's database dialect: sqlite or postgresql."""
+    return make_url(database_url).get_backend_name()
 
 
 def _spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from tests.conftest import ROOT
 from tokenwatch.embedded import EmbeddedRedis
@@ -125,14 +126,14 @@ class Run:
             except sqlite3.OperationalError:
                 return 0
 
-    def wait_ready(self, tokens: int = CONTRACTS, timeout: float = 60) -> None:
-        """Until the first sync filled the registry and every child runs."""
+    def wait_ready(self, tokens: int = CONTRACTS, timeout: float = 60, children: int = 4) -> None:
+        """Until the first sync filled the registry and every child runs (3 without an embedded Redis)."""
         def ready() -> bool:
             assert self.process is not None and self.process.poll() is None, self.log()[-3000:]
             record = self.record()
-            children = record.get("children", {})
-            return (record.get("pid") == self.pid and len(children) == 4
-                    and all(alive(pid) for pid, _ in children.values()) and self.tokens() == tokens)
+            started = record.get("children", {})
+            return (record.get("pid") == self.pid and len(started) == children
+                    and all(alive(pid) for pid, _ in started.values()) and self.tokens() == tokens)
         wait_until(ready, timeout, "the run's first sync")
         self.tree()
 
@@ -351,3 +352,26 @@ def test_an_earlier_runs_child_still_alive_is_named_and_the_run_waits_for_it_fir
         leaving.kill()
         stubborn.wait()
         leaving.wait()
+
+
+def test_a_second_node_with_its_own_sqlite_registry_on_one_redis_is_refused_before_it_makes_one(
+    make_run: Callable[..., Run], redis_server: EmbeddedRedis, redis_client: redis.Redis,
+) -> None:
+    first = make_run("a", redis_url=redis_server.url, node_name="node-a").start()
+    first.wait_ready(tokens=CONTRACTS, children=3)
+    announced = json.loads(redis_client.hget("tokenwatch:nodes", "node-a") or b"{}")
+    assert (announced["pid"], announced["backend"]) == (first.pid, "sqlite")
+    second = make_run("b", redis_url=redis_server.url, node_name="node-b")
+
+    second.start()
+
+    assert second.process is not None and second.process.wait(30) == 1
+    assert second.log().strip() == (
+        f"tokenwatch: node 'node-a' on {socket.gethostname()} already serves this registry, and an SQLite "
+        "registry has one node: stop that node, or move the registry to PostgreSQL "
+        "(TOKENWATCH_DATABASE_URL=postgresql+psycopg://...) to run several")
+    assert not (second.folder / "data" / "tokens.db").exists()
+    assert first.process is not None
+    first.process.send_signal(signal.SIGTERM)
+    assert first.process.wait(15) == 0
+    assert redis_client.hget("tokenwatch:nodes", "node-a") is None  # a node that stops leaves
