@@ -12,8 +12,15 @@ from celery.exceptions import CPendingDeprecationWarning
 
 from tokenwatch.lifeline import die_with_parent
 
-# On every lost broker connection Celery warns, in seven lines, of a default that celeryconfig sets on purpose.
-warnings.filterwarnings("ignore", message="\nIn Celery 5.1 we introduced", category=CPendingDeprecationWarning)
+
+def _quiet_the_deliberate_default(**_: Any) -> None:
+    """On every lost broker connection Celery warns, in seven lines, of a default celeryconfig sets on purpose."""
+    warnings.filterwarnings("ignore", message="\nIn Celery 5.1 we introduced", category=CPendingDeprecationWarning)
+
+
+_quiet_the_deliberate_default()
+# A worker's logging setup puts Celery's own "always" filters first: ours goes back in front once it is ready.
+signals.worker_ready.connect(_quiet_the_deliberate_default, weak=False)
 
 app = Celery("tokenwatch", include=["tokenwatch.tasks.sync", "tokenwatch.tasks.maintenance"])
 app.config_from_object("tokenwatch.celeryconfig")
