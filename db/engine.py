@@ -34,6 +34,9 @@ PRAGMAS = (
 
 # PostgreSQL: a server that does not answer fails a command in seconds, not after the OS's TCP timeout.
 PG_CONNECT_TIMEOUT_S = 10
+# PostgreSQL's counterpart of the busy timeout: a writer waits this long for the registry row another transaction
+# holds, then fails with a lock timeout that is retried like SQLite's "database is locked" (db/locking.py).
+PG_LOCK_TIMEOUT_MS = BUSY_TIMEOUT_MS
 
 
 def is_sqlite(database_url: str) -> bool:
@@ -56,9 +59,11 @@ def make_engine(database_url: str, *, writer: bool = False) -> Engine:
     if not is_sqlite(database_url):
         # A writer serialises on the registry row first (FOR UPDATE), then must see what the previous holder
         # committed: READ COMMITTED. A reader's several statements (head, then rows) must see one commit.
+        connect_args: dict[str, Any] = {"connect_timeout": PG_CONNECT_TIMEOUT_S, "application_name": "tokenwatch"}
+        if writer:
+            connect_args["options"] = f"-c lock_timeout={PG_LOCK_TIMEOUT_MS}"
         return create_engine(
-            database_url, isolation_level="READ COMMITTED" if writer else "REPEATABLE READ",
-            connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S, "application_name": "tokenwatch"},
+            database_url, isolation_level="READ COMMITTED" if writer else "REPEATABLE READ", connect_args=connect_args,
         )
     path = sqlite_path(database_url)
     if path and writer:

@@ -13,16 +13,18 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# PostgreSQL's SQLSTATEs of a transaction that lost a race and may simply run again: serialization failure,
-# deadlock detected.
-RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+# PostgreSQL's SQLSTATEs of a transaction that may simply run again: a lock held past lock_timeout (another
+# writer, like SQLite's "database is locked"), a serialization failure, a deadlock.
+PG_LOCK_TIMEOUT = "55P03"
+RETRYABLE_SQLSTATES = frozenset({PG_LOCK_TIMEOUT, "40001", "40P01"})
 LOCK_RETRIES = 5
 LOCK_BACKOFF_S = 0.25
 
 
 def describe(exc: DBAPIError) -> str:
     """A database error as one short line, without SQL or parameters."""
-    if is_locked_error(exc) and getattr(exc.orig, "sqlstate", None) is None:
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate == PG_LOCK_TIMEOUT or (sqlstate is None and is_locked_error(exc)):
         return "database is locked"
     lines = str(exc.orig).splitlines()
     return lines[0] if lines else type(exc.orig).__name__

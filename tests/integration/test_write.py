@@ -139,10 +139,17 @@ def executemany_log(engine: Engine) -> Iterator[list[tuple[str, int]]]:
 
 @contextmanager
 def write_lock_held(engine: Engine, *, release_after_s: float) -> Iterator[threading.Event]:
-    """Another connection holds the write lock (BEGIN IMMEDIATE) until release_after_s or until released."""
+    """Another connection holds the write lock until release_after_s or until released: BEGIN IMMEDIATE on SQLite,
+    the registry row FOR UPDATE on PostgreSQL (what another host's writer holds)."""
     locked, release = threading.Event(), threading.Event()
 
     def hold() -> None:
+        if not databases.is_sqlite(url_of(engine)):
+            with databases.connect(url_of(engine)) as pg:
+                pg.execute("SELECT revision FROM registry_state WHERE id = 1 FOR UPDATE")
+                locked.set()
+                release.wait(release_after_s)
+            return
         con = raw_connect(engine)
         try:
             con.execute("BEGIN IMMEDIATE")
@@ -164,6 +171,7 @@ def write_lock_held(engine: Engine, *, release_after_s: float) -> Iterator[threa
 
 def short_busy_timeout(monkeypatch: pytest.MonkeyPatch, ms: int) -> None:
     """Connections made from now on wait at most `ms` for a lock, so the retry loop is reached quickly."""
+    monkeypatch.setattr(tokenwatch.db.engine, "PG_LOCK_TIMEOUT_MS", ms)
     pragmas = tuple(
         f"PRAGMA busy_timeout={ms}" if p.startswith("PRAGMA busy_timeout") else p for p in tokenwatch.db.engine.PRAGMAS
     )
@@ -408,10 +416,10 @@ def test_short_lock_is_absorbed_by_the_busy_timeout(sqlite_engine: Engine, caplo
 
 
 def test_lock_longer_than_the_busy_timeout_succeeds_after_retrying(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    tmp_path: Any, database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     short_busy_timeout(monkeypatch, 100)
-    eng = make(tmp_path)
+    eng = make(tmp_path, database_url)
     try:
         plan = plan_on(eng, snapshot(10), "sync-0", NOW)
         caplog.set_level(logging.WARNING, logger="tokenwatch.db.locking")
@@ -425,11 +433,11 @@ def test_lock_longer_than_the_busy_timeout_succeeds_after_retrying(
 
 
 def test_lock_held_beyond_the_retry_bound_fails_cleanly(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    tmp_path: Any, database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     short_busy_timeout(monkeypatch, 100)
     monkeypatch.setattr(tokenwatch.db.locking, "LOCK_BACKOFF_S", 0.01)
-    eng = make(tmp_path)
+    eng = make(tmp_path, database_url)
     try:
         contracts, _ = baseline(eng)
         later = NOW + MINUTE_MS
@@ -451,12 +459,12 @@ def test_lock_held_beyond_the_retry_bound_fails_cleanly(
 
 
 def test_lock_retries_follow_the_module_setting(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    tmp_path: Any, database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     short_busy_timeout(monkeypatch, 50)
     monkeypatch.setattr(tokenwatch.db.locking, "LOCK_RETRIES", 1)
     monkeypatch.setattr(tokenwatch.db.locking, "LOCK_BACKOFF_S", 0.01)
-    eng = make(tmp_path)
+    eng = make(tmp_path, database_url)
     try:
         plan = plan_on(eng, snapshot(5), "sync-0", NOW)
         caplog.set_level(logging.WARNING, logger="tokenwatch.db.locking")
