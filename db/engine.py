@@ -1,4 +1,5 @@
-"""SQLite engines tuned for one writer and many readers: WAL, busy timeout, a bounded page cache."""
+"""Engines for the registry: SQLite tuned for one writer and many readers (WAL, busy timeout, a bounded page
+cache), or PostgreSQL (writers serialise on the registry row, see db/writer.py)."""
 
 from __future__ import annotations
 
@@ -31,14 +32,39 @@ PRAGMAS = (
 )
 
 
+# PostgreSQL: a server that does not answer fails a command in seconds, not after the OS's TCP timeout.
+PG_CONNECT_TIMEOUT_S = 10
+# PostgreSQL's counterpart of the busy timeout: a writer waits this long for the registry row another transaction
+# holds, then fails with a lock timeout that is retried like SQLite's "database is locked" (db/locking.py).
+PG_LOCK_TIMEOUT_MS = BUSY_TIMEOUT_MS
+
+
+def is_sqlite(database_url: str) -> bool:
+    """True for an SQLite URL, False for PostgreSQL (the only other backend settings accept)."""
+    return make_url(database_url).get_backend_name() == "sqlite"
+
+
 def sqlite_path(database_url: str) -> str | None:
-    """The file path of an sqlite URL, or None for an in-memory database."""
-    database = make_url(database_url).database
-    return None if not database or database == ":memory:" else database
+    """The file path of an sqlite URL; None for an in-memory database or another backend."""
+    url = make_url(database_url)
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    return database
 
 
 def make_engine(database_url: str, *, writer: bool = False) -> Engine:
-    """An engine whose connections use our pragmas; a writer's transactions start with BEGIN IMMEDIATE."""
+    """An engine for the URL: SQLite connections use our pragmas and a writer's transactions start with BEGIN
+    IMMEDIATE; PostgreSQL readers see one snapshot per transaction (REPEATABLE READ), writers READ COMMITTED."""
+    if not is_sqlite(database_url):
+        # A writer serialises on the registry row first (FOR UPDATE), then must see what the previous holder
+        # committed: READ COMMITTED. A reader's several statements (head, then rows) must see one commit.
+        connect_args: dict[str, Any] = {"connect_timeout": PG_CONNECT_TIMEOUT_S, "application_name": "tokenwatch"}
+        if writer:
+            connect_args["options"] = f"-c lock_timeout={PG_LOCK_TIMEOUT_MS}"
+        return create_engine(
+            database_url, isolation_level="READ COMMITTED" if writer else "REPEATABLE READ", connect_args=connect_args,
+        )
     path = sqlite_path(database_url)
     if path and writer:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

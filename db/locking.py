@@ -1,4 +1,5 @@
-"""SQLite's "database is locked": recognised, described in one line, and retried with a bounded backoff."""
+"""SQLite's "database is locked" (and PostgreSQL's serialization failures and deadlocks): recognised, described
+in one line, and retried with a bounded backoff."""
 
 from __future__ import annotations
 
@@ -12,21 +13,29 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# PostgreSQL's SQLSTATEs of a transaction that may simply run again: a lock held past lock_timeout (another
+# writer, like SQLite's "database is locked"), a serialization failure, a deadlock.
+PG_LOCK_TIMEOUT = "55P03"
+RETRYABLE_SQLSTATES = frozenset({PG_LOCK_TIMEOUT, "40001", "40P01"})
 LOCK_RETRIES = 5
 LOCK_BACKOFF_S = 0.25
 
 
 def describe(exc: DBAPIError) -> str:
     """A database error as one short line, without SQL or parameters."""
-    if is_locked_error(exc):
+    sqlstate = getattr(exc.orig, "sqlstate", None)
+    if sqlstate == PG_LOCK_TIMEOUT or (sqlstate is None and is_locked_error(exc)):
         return "database is locked"
     lines = str(exc.orig).splitlines()
     return lines[0] if lines else type(exc.orig).__name__
 
 
 def is_locked_error(exc: BaseException) -> bool:
-    """True for SQLite's 'database is locked' / 'database is busy'."""
-    message = str(getattr(exc, "orig", exc)).lower()
+    """True for SQLite's 'database is locked' / 'database is busy', and PostgreSQL's transaction rollbacks."""
+    orig = getattr(exc, "orig", exc)
+    if getattr(orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
+        return True
+    message = str(orig).lower()
     return "database is locked" in message or "database is busy" in message
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, desc, select
+from sqlalchemy import Connection, Engine, bindparam, desc, select, true
 
 from tokenwatch.db.schema import registry_state, sync_runs, token_history, tokens
 from tokenwatch.domain.diff import is_new
@@ -61,8 +61,9 @@ def list_tokens(engine: Engine, status: str, *, now_ms: int, window_ms: int) -> 
     if status in (ACTIVE, DELISTED):
         query = query.where(tokens.c.status == status).order_by(tokens.c.symbol)
     elif status == "new":
-        # "is_new = 1" exactly as the partial index ix_tokens_new says it, so SQLite can use it.
-        query = query.where(tokens.c.is_new == 1).order_by(desc(tokens.c.first_seen))
+        # "is_new = 1" on SQLite (true() renders 1 there), exactly as the partial index ix_tokens_new says it, so
+        # SQLite can use it; "is_new = true" on PostgreSQL, which its planner matches to the index's "is_new".
+        query = query.where(tokens.c.is_new == true()).order_by(desc(tokens.c.first_seen))
     elif status == "all":
         query = query.order_by(tokens.c.symbol)
     else:

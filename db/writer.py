@@ -1,14 +1,18 @@
-"""Apply a plan to the registry in one transaction: chunked upserts, delisting marks, history, sync_runs."""
+"""Apply a plan to the registry in one transaction: chunked upserts, delisting marks, history, sync_runs.
+
+One code path for SQLite and PostgreSQL: both speak INSERT ... ON CONFLICT, whose statement each dialect builds
+(_Dialect). Two writes never interleave: SQLite's BEGIN IMMEDIATE takes the file's write lock, and on PostgreSQL
+the transaction first locks the registry row (SELECT ... FOR UPDATE, which SQLite's compiler leaves out)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, and_, bindparam, case, func, or_, select, update
-from sqlalchemy.dialects.sqlite import insert
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
 from tokenwatch.clock import now_ms
@@ -39,7 +43,7 @@ def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start:start + size]
 
 
-def _upsert_statement() -> Any:
+def _upsert_statement(insert: Any) -> Any:
     stmt = insert(tokens)
     excluded = stmt.excluded
     updatable = [c for c in TOKEN_COLUMNS if c != "symbol"]
@@ -51,7 +55,6 @@ def _upsert_statement() -> Any:
     )
 
 
-_UPSERT = _upsert_statement()
 # last_seen is not rewritten on every row each sync (that would cost more than the whole diff): an active,
 # present token was seen by the last applied sync (registry_state.last_fetched_at, see the tokens_live view).
 # It is stored when a row is written, and frozen when a token goes missing or is delisted.
@@ -70,11 +73,11 @@ _PENDING = (
     .where(and_(tokens.c.symbol == bindparam("b_symbol"), tokens.c.missing_since.is_(None)))
     .values(missing_since=bindparam("b_now"), last_seen=_LAST_SIGHTING)
 )
-_HISTORY = insert(token_history).on_conflict_do_nothing(
-    index_elements=["symbol", "event_type", "sync_id"]
-)
 # Statements are built once: building one costs more than executing it.
-_REVISION = select(registry_state.c.revision)
+# FOR UPDATE: on PostgreSQL a second writer waits here, before reading anything, until the first commits; it then
+# sees that commit (READ COMMITTED, db/engine.py). History ids are so given out in commit order, which the outbox
+# relies on. SQLite renders no FOR UPDATE: BEGIN IMMEDIATE already holds the whole file.
+_REVISION = select(registry_state.c.revision).where(registry_state.c.id == 1).with_for_update()
 _APPLIED = select(sync_runs.c.revision).where(
     sync_runs.c.sync_id == bindparam("b_sync_id"), sync_runs.c.revision.is_not(None),
 )
@@ -84,10 +87,10 @@ _ADVANCE = (
             last_fetched_at=bindparam("b_fetched_at"), pending_change=bindparam("b_pending"))
 )
 _RUN_COLUMNS = tuple(c.name for c in sync_runs.c)
-_NEW_RUN = insert(sync_runs)
+_NEW_RUN = sync_runs.insert()
 
 
-def _record_statement() -> Any:
+def _record_statement(insert: Any) -> Any:
     stmt = insert(sync_runs)
     keep = {"sync_id", "started_at", "revision"}
     return stmt.on_conflict_do_update(
@@ -99,7 +102,25 @@ def _record_statement() -> Any:
     )
 
 
-_RECORD = _record_statement()
+@dataclass(frozen=True, slots=True)
+class _Dialect:
+    """The ON CONFLICT statements as one dialect's insert builds them."""
+
+    upsert: Any
+    history: Any
+    record: Any
+
+    @classmethod
+    def build(cls, insert: Any) -> _Dialect:
+        history = insert(token_history).on_conflict_do_nothing(index_elements=["symbol", "event_type", "sync_id"])
+        return cls(_upsert_statement(insert), history, _record_statement(insert))
+
+
+_DIALECTS = {"sqlite": _Dialect.build(sqlite.insert), "postgresql": _Dialect.build(postgresql.insert)}
+
+
+def _statements(conn: Connection) -> _Dialect:
+    return _DIALECTS[conn.dialect.name]
 
 
 def sync_run_row(
@@ -119,6 +140,7 @@ def sync_run_row(
 def _apply(
     conn: Connection, plan: Plan, batch_size: int, started_at: int, timings: Mapping[str, float],
 ) -> WriteResult:
+    statements = _statements(conn)
     state = conn.execute(_REVISION).one()
     done = conn.execute(_APPLIED, {"b_sync_id": plan.sync_id}).first()
     if done is not None:
@@ -130,7 +152,7 @@ def _apply(
         )
     batches = 0
     for chunk in _chunks(plan.upserts, batch_size):
-        conn.execute(_UPSERT, [dict(zip(TOKEN_COLUMNS, row.as_row(), strict=True)) for row in chunk])
+        conn.execute(statements.upsert, [dict(zip(TOKEN_COLUMNS, row.as_row(), strict=True)) for row in chunk])
         batches += 1
     for statement, symbols in ((_DELIST, plan.delist), (_PENDING, plan.pending)):
         for names in _chunks(symbols, batch_size):
@@ -143,7 +165,7 @@ def _apply(
         for e in plan.events
     ]
     for rows in _chunks(events, batch_size):
-        conn.execute(_HISTORY, list(rows))
+        conn.execute(statements.history, list(rows))
         batches += 1
     revision = int(state.revision) + 1
     conn.execute(_ADVANCE, {"b_revision": revision, "b_sync_id": plan.sync_id, "b_fetched_at": plan.now_ms,
@@ -175,17 +197,18 @@ def apply_plan(
 def record_outcome(engine: Engine, row: Mapping[str, Any]) -> None:
     """Insert or complete a sync_runs row (a failed or skipped sync, or the cache timing of a good one)."""
     params = {column: row.get(column) for column in _RUN_COLUMNS}
-    with_lock_retry(lambda: _execute(engine, _RECORD, params))
+    with_lock_retry(lambda: _execute(engine, lambda conn: _statements(conn).record, params))
 
 
-def _execute(engine: Engine, stmt: Any, params: Mapping[str, Any] | None = None) -> None:
+def _execute(engine: Engine, statement: Callable[[Connection], Any], params: Mapping[str, Any] | None = None) -> None:
+    """Run the statement picked for the connection's dialect in a transaction of its own."""
     with engine.begin() as conn:
-        conn.execute(stmt, params)
+        conn.execute(statement(conn), params)
 
 
 def set_event_cursor(engine: Engine, event_id: int) -> None:
     """Remember the last history id appended to the stream (never moves backwards)."""
-    with_lock_retry(lambda: _execute(engine, _CURSOR, {"b_event_id": event_id}))
+    with_lock_retry(lambda: _execute(engine, lambda _conn: _CURSOR, {"b_event_id": event_id}))
 
 
 _CURSOR = (

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 
+from tests import databases
 from tokenwatch import process
 from tokenwatch.embedded import EmbeddedRedis
 from tokenwatch.process import ProcessState
@@ -41,6 +43,17 @@ def process_state() -> Iterator[ProcessState]:
     closed after it: no test sees another's."""
     with process.use(ProcessState()) as state:
         yield state
+
+
+@pytest.fixture(params=databases.BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The registry's URL on each backend in turn: an SQLite file, or a fresh PostgreSQL database (dropped
+    after the test). A test that uses it, or a Stack in a test that uses it, runs on both."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'tokens.db'}"
+        return
+    with databases.postgres_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +87,18 @@ class Stack:
     @property
     def db_path(self) -> Path:
         return self.workdir / "tokens.db"
+
+    @property
+    def database_url(self) -> str:
+        return self.env["TOKENWATCH_DATABASE_URL"]
+
+    @property
+    def sqlite(self) -> bool:
+        return databases.is_sqlite(self.database_url)
+
+    def registry_exists(self) -> bool:
+        """True once the registry was created (on SQLite: its file exists)."""
+        return databases.registry_exists(self.database_url)
 
     def tokenwatch(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """Run the tokenwatch CLI as a user would."""
@@ -127,9 +152,8 @@ class Stack:
         return json.loads(result.stdout.strip().splitlines()[-1])
 
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        """Read the registry with plain sqlite3, as a user's process would."""
-        with sqlite3.connect(self.db_path) as conn:
-            return list(conn.execute(sql, params))
+        """Read the registry with the plain driver (sqlite3 or psycopg), as a user's process would."""
+        return databases.query(self.database_url, sql, *params)
 
     def wait_for(self, sql: str, done: Callable[[list[tuple[Any, ...]]], bool], timeout: float = 30) -> list[
             tuple[Any, ...]]:
@@ -137,10 +161,10 @@ class Stack:
         deadline = time.monotonic() + timeout
         rows: list[tuple[Any, ...]] = []
         while time.monotonic() < deadline:
-            if self.db_path.exists():
+            if self.registry_exists():
                 try:
                     rows = self.query(sql)
-                except sqlite3.OperationalError:  # the worker has not created the schema yet
+                except (sqlite3.OperationalError, psycopg.errors.UndefinedTable):  # no schema yet
                     rows = []
                 if done(rows):
                     break
@@ -162,12 +186,15 @@ class Stack:
 
 
 @pytest.fixture
-def stack(redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_path: Path) -> Iterator[Stack]:
-    """Env for a test: a fresh database file, the real Redis (flushed), no processes yet."""
+def stack(redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_path: Path, request: pytest.FixtureRequest,
+          ) -> Iterator[Stack]:
+    """Env for a test: a fresh registry database (an SQLite file, or each backend in turn when the test uses
+    database_url), the real Redis (flushed), no processes yet."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWATCH_")}
     env.update({
         "TOKENWATCH_REDIS_URL": redis_server.url,
-        "TOKENWATCH_DATABASE_URL": f"sqlite:///{tmp_path / 'tokens.db'}",
+        "TOKENWATCH_DATABASE_URL": request.getfixturevalue("database_url") if "database_url" in
+        request.fixturenames else f"sqlite:///{tmp_path / 'tokens.db'}",
         "TOKENWATCH_DATA_DIR": str(tmp_path / "data"),
         "TOKENWATCH_HTTP_RETRIES": "1",
         "PYTHONPATH": str(ROOT),

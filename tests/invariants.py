@@ -1,6 +1,7 @@
 """Invariants of the registry that must hold after every sync, whatever fault it met.
 
-``check_invariants(db_path, redis_client)`` reads the SQLite file and the hot cache and raises AssertionError
+``check_invariants(db_path, redis_client)`` reads the SQLite file (or the PostgreSQL database a
+``postgresql+psycopg://`` URL names) and the hot cache and raises AssertionError
 naming every broken invariant:
 
 1. The hot cache of this registry (``tokenwatch:tokens:origin`` names it) holds active tokens only, and all of
@@ -21,7 +22,10 @@ import sqlite3
 from collections import defaultdict
 from pathlib import Path
 
+import psycopg
 import redis
+
+from tests import databases
 
 TOKENS_KEY = "tokenwatch:tokens"
 VERSION_KEY = "tokenwatch:tokens:version"
@@ -33,6 +37,15 @@ CLOSING = "delisted"
 SHOWN = 5  # offending items named per broken invariant
 
 
+_QUERIES = {
+    "state": "SELECT revision, registry_id FROM registry_state",
+    "active": "SELECT symbol FROM tokens WHERE status = 'active'",
+    "status": "SELECT symbol, status FROM tokens",
+    "events": "SELECT id, symbol, event_type, sync_id FROM token_history ORDER BY id",
+    "runs": "SELECT sync_id, status, error, revision FROM sync_runs",
+}
+
+
 def _read_db(db_path: Path) -> dict[str, list[tuple[object, ...]]]:
     """Everything the checks need, read in one transaction so a concurrent commit cannot split the view."""
     con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10, isolation_level=None)
@@ -41,18 +54,20 @@ def _read_db(db_path: Path) -> dict[str, list[tuple[object, ...]]]:
         tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if not {"tokens", "token_history", "sync_runs", "registry_state"} <= tables:
             return {}
-        data = {
-            "state": con.execute("SELECT revision, registry_id FROM registry_state").fetchall(),
-            "active": con.execute("SELECT symbol FROM tokens WHERE status = 'active'").fetchall(),
-            "status": con.execute("SELECT symbol, status FROM tokens").fetchall(),
-            "events": con.execute(
-                "SELECT id, symbol, event_type, sync_id FROM token_history ORDER BY id").fetchall(),
-            "runs": con.execute("SELECT sync_id, status, error, revision FROM sync_runs").fetchall(),
-        }
+        data = {name: con.execute(sql).fetchall() for name, sql in _QUERIES.items()}
         con.execute("COMMIT")
         return data
     finally:
         con.close()
+
+
+def _read_postgres(url: str) -> dict[str, list[tuple[object, ...]]]:
+    """As _read_db, on PostgreSQL: one REPEATABLE READ transaction is one snapshot."""
+    if not databases.registry_exists(url):
+        return {}
+    with databases.connect(url) as con:
+        con.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        return {name: [tuple(row) for row in con.execute(sql)] for name, sql in _QUERIES.items()}
 
 
 def _read_cache(client: redis.Redis) -> tuple[int | None, str | None, set[str]]:
@@ -79,11 +94,15 @@ def _show(items: list[object] | set[object]) -> str:
 
 
 def check_invariants(db_path: Path | str, redis_client: redis.Redis) -> None:
-    """Raise AssertionError listing every broken invariant of the registry at db_path and its hot cache."""
-    db_path = Path(db_path)
-    if not db_path.exists():
-        return  # nothing was ever written: nothing to check
-    data = _read_db(db_path)
+    """Raise AssertionError listing every broken invariant of the registry at db_path (a file, or a PostgreSQL
+    URL) and its hot cache."""
+    if isinstance(db_path, str) and db_path.startswith("postgresql"):
+        data = _read_postgres(db_path)
+    else:
+        db_path = Path(db_path.removeprefix("sqlite:///") if isinstance(db_path, str) else db_path)
+        if not db_path.exists():
+            return  # nothing was ever written: nothing to check
+        data = _read_db(db_path)
     if not data:
         return  # the schema was never created
     problems: list[str] = []

@@ -10,7 +10,7 @@ from typing import Any
 import redis
 from kombu.connection import Connection as BrokerConnection
 from kombu.exceptions import ChannelError
-from sqlalchemy import Connection, desc, func, select
+from sqlalchemy import Connection, desc, func, select, true
 
 from tokenwatch import alerts, clock
 from tokenwatch.cache.redis_client import to_kombu_url
@@ -32,8 +32,9 @@ def token_counts(conn: Connection) -> dict[str, int]:
     counts = {"active": 0, "delisted": 0}
     for status, count in conn.execute(select(tokens.c.status, func.count()).group_by(tokens.c.status)):
         counts[str(status)] = int(count)
-    # "is_new = 1" as the partial index ix_tokens_new says it ("IS 1" would read the whole table).
-    new = select(func.count()).select_from(tokens).where(tokens.c.is_new == 1)
+    # "is_new = 1" on SQLite as the partial index ix_tokens_new says it ("IS 1" would read the whole table);
+    # true() renders 1 there and true on PostgreSQL, where boolean = integer is no operator.
+    new = select(func.count()).select_from(tokens).where(tokens.c.is_new == true())
     counts["new"] = int(conn.execute(new).scalar_one())
     return counts
 

@@ -67,9 +67,10 @@ class Settings(BaseSettings):
 
     @field_validator("database_url")
     @classmethod
-    def _sqlite_url(cls, value: str) -> str:
-        if not value.startswith("sqlite:///"):
-            raise ValueError("must be an sqlite:/// URL (tokenwatch keeps its registry in SQLite)")
+    def _database_url(cls, value: str) -> str:
+        # psycopg (3) is the one PostgreSQL driver tokenwatch ships with, so the URL names it.
+        if not value.startswith(("sqlite:///", "postgresql+psycopg://")):
+            raise ValueError("must be an sqlite:/// or postgresql+psycopg:// URL")
         return value
 
     @field_validator("redis_url")

@@ -1,6 +1,7 @@
 """A model-based test of the whole sync: hypothesis drives the real steps (fetch over HTTP from the simulator, the
-write into a real SQLite file, the hot cache and the event stream in a real Redis) through any ordering of
-exchange changes and faults, beside a plain-Python model of the exchange and the registry.
+write into a real SQLite file or PostgreSQL database (the test runs on each), the hot cache and the event stream
+in a real Redis) through any ordering of exchange changes and faults, beside a plain-Python model of the exchange
+and the registry.
 
 After every step: the registry equals the model; every transition made exactly one event and no event came
 without one; the event stream holds exactly the events reported since Redis last lost its data (a restored
@@ -18,12 +19,14 @@ import sqlite3
 import tempfile
 import time
 from collections import defaultdict
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import hypothesis.strategies as st
+import psycopg
 import pytest
 import redis
 from hypothesis import HealthCheck, settings
@@ -35,9 +38,11 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from psycopg import sql
 
 import tokenwatch.db.engine
 import tokenwatch.db.locking
+from tests import databases
 from tokenwatch import pipeline, steps
 from tokenwatch.cache import keys, lock
 from tokenwatch.embedded import EmbeddedRedis
@@ -83,6 +88,7 @@ class SyncMachine(RuleBasedStateMachine):
     """One registry, one exchange, one Redis: see the module docstring."""
 
     redis_server: ClassVar[EmbeddedRedis]
+    backend: ClassVar[str] = "sqlite"
     steps_run: ClassVar[int] = 0
     examples: ClassVar[int] = 0
 
@@ -90,11 +96,14 @@ class SyncMachine(RuleBasedStateMachine):
         super().__init__()
         type(self).examples += 1
         self.workdir = Path(tempfile.mkdtemp(prefix="tw-model-"))
+        self.resources = ExitStack()
+        self.url = (f"sqlite:///{self.workdir / 'tokens.db'}" if self.backend == "sqlite"
+                    else self.resources.enter_context(databases.postgres_database()))  # one database per example
         self.client = redis.Redis(unix_socket_path=self.redis_server.socket_path)
         self.client.flushall()
         self.sim = Simulator(port=0, contracts=12, seed=7).start()
         self.settings = Settings(
-            kucoin_url=self.sim.url, database_url=f"sqlite:///{self.workdir / 'tokens.db'}",
+            kucoin_url=self.sim.url, database_url=self.url,
             redis_url=self.redis_server.url, http_retries=0, max_drop_pct=100, data_dir=str(self.workdir / "data"),
         )
         self.process = ProcessState()  # the worker's; a second writer gets its own
@@ -207,13 +216,8 @@ class SyncMachine(RuleBasedStateMachine):
     def sync_whose_write_fails(self) -> None:
         ctx = self.context()
         state = run_step(steps.diff, ctx, run_step(steps.fetch, ctx, SyncState.new()))
-        holder = sqlite3.connect(self.workdir / "tokens.db", timeout=10, isolation_level=None)
-        holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock: the commit cannot happen
-        try:
+        with self.write_lock_held():  # another process holds the write lock: the commit cannot happen
             state = run_step(steps.write, ctx, state)
-        finally:
-            holder.execute("ROLLBACK")
-            holder.close()
         assert state.status == "failed", state.error
         assert lock.holder(self.client) is None
 
@@ -259,8 +263,12 @@ class SyncMachine(RuleBasedStateMachine):
     @rule()
     def take_backup(self) -> None:
         path = self.workdir / f"backup-{time.monotonic_ns()}.db"
-        with closing(sqlite3.connect(self.workdir / "tokens.db")) as source, closing(sqlite3.connect(path)) as target:
-            source.backup(target)
+        if self.backend == "sqlite":
+            with closing(sqlite3.connect(self.workdir / "tokens.db")) as source, \
+                    closing(sqlite3.connect(path)) as target:
+                source.backup(target)
+        else:
+            backup_postgres(self.url, path.stem.replace("-", "_"))
         self.backup = (path, self.model.copy())
 
     @precondition(lambda self: self.backup is not None)
@@ -268,10 +276,13 @@ class SyncMachine(RuleBasedStateMachine):
     def restore_backup(self) -> None:
         assert self.backup is not None
         path, model = self.backup
-        # SQLite's own restore, into the live file (safe while other connections have it open, as workers do).
-        live = self.workdir / "tokens.db"
-        with closing(sqlite3.connect(path)) as source, closing(sqlite3.connect(live)) as target:
-            source.backup(target)
+        if self.backend == "sqlite":
+            # SQLite's own restore, into the live file (safe while other connections have it open, as workers do).
+            live = self.workdir / "tokens.db"
+            with closing(sqlite3.connect(path)) as source, closing(sqlite3.connect(live)) as target:
+                source.backup(target)
+        else:
+            restore_postgres(self.url, path.stem.replace("-", "_"))
         self.model = model.copy()  # the registry is the backup's; what was reported stays reported
         self.cache_from_before_restore = True
 
@@ -287,8 +298,24 @@ class SyncMachine(RuleBasedStateMachine):
     # ---- invariants ---------------------------------------------------------------------------------------------
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
-        with closing(sqlite3.connect(self.workdir / "tokens.db")) as conn:
-            return list(conn.execute(sql))
+        return databases.query(self.url, sql)
+
+    @contextmanager
+    def write_lock_held(self) -> Iterator[None]:
+        """Another process holds the registry's write lock: BEGIN IMMEDIATE on SQLite; on PostgreSQL the registry
+        row, FOR UPDATE, as another host's writer would."""
+        if self.backend == "sqlite":
+            holder = sqlite3.connect(self.workdir / "tokens.db", timeout=10, isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            finally:
+                holder.execute("ROLLBACK")
+                holder.close()
+            return
+        with databases.connect(self.url) as pg:
+            pg.execute("SELECT 1 FROM registry_state WHERE id = 1 FOR UPDATE")
+            yield
 
     @invariant()
     def the_registry_is_the_model(self) -> None:
@@ -336,7 +363,36 @@ class SyncMachine(RuleBasedStateMachine):
         self.sim.stop()
         self.process.close()
         self.client.close()
+        self.resources.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+REGISTRY_TABLES = ("tokens", "token_history", "sync_runs", "registry_state")
+
+
+def backup_postgres(url: str, name: str) -> None:
+    """A copy of the registry's tables and of its history id sequence in a schema of their own: what pg_dump
+    would keep (one REPEATABLE READ transaction is one snapshot, as pg_dump takes)."""
+    with databases.connect(url) as pg:
+        pg.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        pg.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+        for table in REGISTRY_TABLES:
+            pg.execute(sql.SQL("CREATE TABLE {} AS SELECT * FROM {}").format(
+                sql.Identifier(name, table), sql.Identifier("public", table)))
+        pg.execute(sql.SQL("CREATE TABLE {} AS SELECT last_value, is_called FROM token_history_id_seq").format(
+            sql.Identifier(name, "history_sequence")))
+
+
+def restore_postgres(url: str, name: str) -> None:
+    """Put the backup back in one transaction, its history id sequence included (as pg_restore does), while the
+    worker's connections stay open."""
+    with databases.connect(url) as pg:
+        pg.execute(sql.SQL("TRUNCATE {}").format(sql.SQL(", ").join(map(sql.Identifier, REGISTRY_TABLES))))
+        for table in REGISTRY_TABLES:
+            pg.execute(sql.SQL("INSERT INTO {} SELECT * FROM {}").format(
+                sql.Identifier("public", table), sql.Identifier(name, table)))
+        pg.execute(sql.SQL("SELECT setval('token_history_id_seq', last_value, is_called) FROM {}").format(
+            sql.Identifier(name, "history_sequence")))
 
 
 @pytest.fixture
@@ -344,13 +400,17 @@ def fast_failing_writes(monkeypatch: pytest.MonkeyPatch) -> None:
     """A locked database fails the write at once (no retries, a short busy timeout), so that a failing write is
     one step of the model, not 20 seconds."""
     monkeypatch.setattr(tokenwatch.db.locking, "LOCK_RETRIES", 0)
+    monkeypatch.setattr(tokenwatch.db.engine, "PG_LOCK_TIMEOUT_MS", 50)
     monkeypatch.setattr(tokenwatch.db.engine, "PRAGMAS", tuple(
         "PRAGMA busy_timeout=50" if p.startswith("PRAGMA busy_timeout") else p for p in tokenwatch.db.engine.PRAGMAS))
 
 
 @pytest.mark.usefixtures("fast_failing_writes")
-def test_any_ordering_of_changes_and_faults_keeps_the_registry_exact(redis_server: EmbeddedRedis) -> None:
+@pytest.mark.parametrize("backend", databases.BACKENDS)
+def test_any_ordering_of_changes_and_faults_keeps_the_registry_exact(redis_server: EmbeddedRedis, backend: str,
+                                                                     ) -> None:
     SyncMachine.redis_server = redis_server
+    SyncMachine.backend = backend
     SyncMachine.steps_run = SyncMachine.examples = 0
     examples, steps_per_example = BUDGETS[BUDGET]
     started = time.monotonic()

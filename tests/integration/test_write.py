@@ -1,4 +1,5 @@
-"""db.engine and db.writer against real SQLite files: schema, pragmas, chunked writes, atomicity, locking."""
+"""db.engine and db.writer against real databases: chunked writes, atomicity and serialised writers on SQLite and
+PostgreSQL alike (the engine fixture runs each test on both); SQLite's schema text, pragmas and file locking."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 
 import tokenwatch.db.engine
 import tokenwatch.db.locking
+from tests import databases
 from tokenwatch.db import migrate
 from tokenwatch.db.engine import BUSY_TIMEOUT_MS, CACHE_KIB, MMAP_BYTES, make_engine, sqlite_path
 from tokenwatch.db.queries import load_registry
@@ -39,17 +41,30 @@ NULL: Any = None
 
 # ---- helpers -----------------------------------------------------------------------------------------------
 
-def make(tmp_path: Any) -> Engine:
-    engine = make_engine(f"sqlite:///{tmp_path}/t.db", writer=True)
+def make(tmp_path: Any, url: str | None = None) -> Engine:
+    engine = make_engine(url or f"sqlite:///{tmp_path}/t.db", writer=True)
     migrate.upgrade(engine)
     return engine
 
 
 @pytest.fixture
-def engine(tmp_path: Any) -> Iterator[Engine]:
+def engine(tmp_path: Any, database_url: str) -> Iterator[Engine]:
+    """A writer's engine on a fresh registry, on each backend in turn."""
+    eng = make(tmp_path, database_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Any) -> Iterator[Engine]:
+    """A writer's engine on a fresh SQLite file, for what only SQLite has (its schema text, pragmas, file lock)."""
     eng = make(tmp_path)
     yield eng
     eng.dispose()
+
+
+def url_of(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=False)
 
 
 def path_of(engine: Engine) -> str:
@@ -64,12 +79,8 @@ def raw_connect(engine: Engine, timeout_s: float = 5.0) -> sqlite3.Connection:
 
 
 def dump(engine: Engine) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every table, read through a separate connection."""
-    con = raw_connect(engine)
-    try:
-        return {t: con.execute(f"SELECT * FROM {t} ORDER BY rowid").fetchall() for t in TABLES}  # noqa: S608
-    finally:
-        con.close()
+    """Every row of every table (by its key), read through a separate connection."""
+    return {t: databases.query(url_of(engine), f"SELECT * FROM {t} ORDER BY 1") for t in TABLES}  # noqa: S608
 
 
 def count(engine: Engine, table: str) -> int:
@@ -128,10 +139,17 @@ def executemany_log(engine: Engine) -> Iterator[list[tuple[str, int]]]:
 
 @contextmanager
 def write_lock_held(engine: Engine, *, release_after_s: float) -> Iterator[threading.Event]:
-    """Another connection holds the write lock (BEGIN IMMEDIATE) until release_after_s or until released."""
+    """Another connection holds the write lock until release_after_s or until released: BEGIN IMMEDIATE on SQLite,
+    the registry row FOR UPDATE on PostgreSQL (what another host's writer holds)."""
     locked, release = threading.Event(), threading.Event()
 
     def hold() -> None:
+        if not databases.is_sqlite(url_of(engine)):
+            with databases.connect(url_of(engine)) as pg:
+                pg.execute("SELECT revision FROM registry_state WHERE id = 1 FOR UPDATE")
+                locked.set()
+                release.wait(release_after_s)
+            return
         con = raw_connect(engine)
         try:
             con.execute("BEGIN IMMEDIATE")
@@ -153,6 +171,7 @@ def write_lock_held(engine: Engine, *, release_after_s: float) -> Iterator[threa
 
 def short_busy_timeout(monkeypatch: pytest.MonkeyPatch, ms: int) -> None:
     """Connections made from now on wait at most `ms` for a lock, so the retry loop is reached quickly."""
+    monkeypatch.setattr(tokenwatch.db.engine, "PG_LOCK_TIMEOUT_MS", ms)
     pragmas = tuple(
         f"PRAGMA busy_timeout={ms}" if p.startswith("PRAGMA busy_timeout") else p for p in tokenwatch.db.engine.PRAGMAS
     )
@@ -166,7 +185,8 @@ def lock_retries_logged(caplog: pytest.LogCaptureFixture) -> int:
 
 # ---- schema and connection settings ------------------------------------------------------------------------
 
-def test_tables_and_named_indices_exist(engine: Engine) -> None:
+def test_tables_and_named_indices_exist(sqlite_engine: Engine) -> None:
+    engine = sqlite_engine
     con = raw_connect(engine)
     try:
         objects = dict(con.execute("SELECT name, sql FROM sqlite_master WHERE type IN ('table', 'index')"))
@@ -213,7 +233,8 @@ def test_pragmas_are_in_force_on_every_connection(tmp_path: Any, writer: bool) -
         eng.dispose()
 
 
-def test_writer_transactions_take_the_write_lock_up_front(engine: Engine) -> None:
+def test_writer_transactions_take_the_write_lock_up_front(sqlite_engine: Engine) -> None:
+    engine = sqlite_engine
     with engine.begin() as conn:
         conn.exec_driver_sql("SELECT 1")  # nothing written yet: only BEGIN IMMEDIATE can hold the lock
         other = raw_connect(engine, timeout_s=0)
@@ -237,13 +258,9 @@ def test_baseline_plan_is_written_whole(engine: Engine) -> None:
     assert tables["token_history"] == []
     assert [row[:5] for row in tables["registry_state"]] == [(1, 1, "sync-0", NOW, 0)]
     assert len(tables["sync_runs"]) == 1
-    con = raw_connect(engine)
-    try:
-        con.row_factory = sqlite3.Row
-        run = dict(con.execute("SELECT * FROM sync_runs").fetchone())
-        statuses = con.execute("SELECT DISTINCT status FROM tokens").fetchall()
-    finally:
-        con.close()
+    with engine.connect() as conn:
+        run = dict(conn.exec_driver_sql("SELECT * FROM sync_runs").one()._mapping)
+        statuses = conn.exec_driver_sql("SELECT DISTINCT status FROM tokens").all()
     assert (run["sync_id"], run["status"], run["revision"]) == ("sync-0", "baseline", 1)
     assert (run["fetched"], run["active"], run["listed"], run["invalid"]) == (30, 30, 0, 0)
     assert run["api_ms"] == 12.5
@@ -270,11 +287,7 @@ def test_follow_up_sync_writes_events_and_delistings(engine: Engine) -> None:
         assert (row.status, row.delisted_at, row.last_seen) == (DELISTED, later, NOW)
     assert sum(1 for r in registry.rows.values() if r.status == ACTIVE) == plan.counts["active"] == 32
     assert all(r.last_seen == later for r in registry.rows.values() if r.status == ACTIVE)
-    con = raw_connect(engine)
-    try:
-        history = con.execute("SELECT symbol, event_type, event_time, sync_id FROM token_history").fetchall()
-    finally:
-        con.close()
+    history = databases.query(url_of(engine), "SELECT symbol, event_type, event_time, sync_id FROM token_history")
     assert sorted((s, t) for s, t, _, _ in history) == sorted(
         [(f"NEW{i}USDTM", "listed") for i in range(4)] + [(s, "delisted") for s in gone]
     )
@@ -346,8 +359,8 @@ def test_failure_after_some_chunks_rolls_everything_back(engine: Engine) -> None
     def fail_on_sixth(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
         if many:
             calls.append(" ".join(statement.split()[:3]))
-            if len(calls) == 6:
-                raise sqlite3.OperationalError("disk I/O error")
+            if len(calls) == 6:  # the backend's own driver error, as a failing disk would raise it
+                raise engine.dialect.loaded_dbapi.OperationalError("disk I/O error")
 
     event.listen(engine, "before_cursor_execute", fail_on_sixth)
     try:
@@ -390,7 +403,9 @@ def test_constraint_violation_is_reported_as_write_error(engine: Engine) -> None
 
 # ---- a database locked by another connection ---------------------------------------------------------------
 
-def test_short_lock_is_absorbed_by_the_busy_timeout(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+def test_short_lock_is_absorbed_by_the_busy_timeout(sqlite_engine: Engine, caplog: pytest.LogCaptureFixture,
+                                                    ) -> None:
+    engine = sqlite_engine
     plan = plan_on(engine, snapshot(10), "sync-0", NOW)
     caplog.set_level(logging.WARNING, logger="tokenwatch.db.locking")
     with write_lock_held(engine, release_after_s=0.5):
@@ -401,10 +416,10 @@ def test_short_lock_is_absorbed_by_the_busy_timeout(engine: Engine, caplog: pyte
 
 
 def test_lock_longer_than_the_busy_timeout_succeeds_after_retrying(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    tmp_path: Any, database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     short_busy_timeout(monkeypatch, 100)
-    eng = make(tmp_path)
+    eng = make(tmp_path, database_url)
     try:
         plan = plan_on(eng, snapshot(10), "sync-0", NOW)
         caplog.set_level(logging.WARNING, logger="tokenwatch.db.locking")
@@ -418,11 +433,11 @@ def test_lock_longer_than_the_busy_timeout_succeeds_after_retrying(
 
 
 def test_lock_held_beyond_the_retry_bound_fails_cleanly(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    tmp_path: Any, database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     short_busy_timeout(monkeypatch, 100)
     monkeypatch.setattr(tokenwatch.db.locking, "LOCK_BACKOFF_S", 0.01)
-    eng = make(tmp_path)
+    eng = make(tmp_path, database_url)
     try:
         contracts, _ = baseline(eng)
         later = NOW + MINUTE_MS
@@ -444,12 +459,12 @@ def test_lock_held_beyond_the_retry_bound_fails_cleanly(
 
 
 def test_lock_retries_follow_the_module_setting(
-    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    tmp_path: Any, database_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
 ) -> None:
     short_busy_timeout(monkeypatch, 50)
     monkeypatch.setattr(tokenwatch.db.locking, "LOCK_RETRIES", 1)
     monkeypatch.setattr(tokenwatch.db.locking, "LOCK_BACKOFF_S", 0.01)
-    eng = make(tmp_path)
+    eng = make(tmp_path, database_url)
     try:
         plan = plan_on(eng, snapshot(5), "sync-0", NOW)
         caplog.set_level(logging.WARNING, logger="tokenwatch.db.locking")
@@ -479,3 +494,67 @@ def test_last_seen_is_derived_for_present_tokens_and_frozen_for_missing_ones(eng
     assert live[symbols[1]] == later  # but seen by it, as the view and load_registry say
     assert load_registry(engine).rows[symbols[1]].last_seen == later
     assert live[symbols[0]] == stored[symbols[0]] == NOW  # missing: frozen at its last sighting
+
+
+# ---- two writers (several db workers, on PostgreSQL on several hosts) -----------------------------------
+
+def test_two_writes_built_on_one_base_never_interleave(engine: Engine) -> None:
+    contracts, _ = baseline(engine)
+    later = NOW + MINUTE_MS
+    plans = [plan_on(engine, {**contracts, **parse_contracts([new_contract(f"ONLY{n}", later)]).contracts},
+                     f"sync-{n}", later) for n in (1, 2)]
+    assert [p.base_revision for p in plans] == [1, 1]
+    start, outcomes = threading.Barrier(2), {}
+
+    def write(plan: Plan) -> None:
+        start.wait()
+        try:
+            outcomes[plan.sync_id] = apply(engine, plan).revision
+        except StaleSnapshotError:
+            outcomes[plan.sync_id] = "stale"
+
+    threads = [threading.Thread(target=write, args=(plan,)) for plan in plans]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(outcomes.values(), key=str) == [2, "stale"]
+    (winner,) = (sync_id for sync_id, outcome in outcomes.items() if outcome == 2)
+    assert databases.query(url_of(engine), "SELECT symbol, sync_id FROM token_history") == [
+        (f"ONLY{winner[-1]}USDTM", winner)]
+    assert databases.query(url_of(engine), "SELECT revision, last_sync_id FROM registry_state") == [(2, winner)]
+
+
+def test_a_write_waits_for_the_transaction_holding_the_registry(engine: Engine) -> None:
+    """SQLite: another connection's BEGIN IMMEDIATE. PostgreSQL: another transaction (another host's db worker)
+    holding the registry row FOR UPDATE, as every write transaction does first."""
+    plan = plan_on(engine, snapshot(10), "sync-0", NOW)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        if databases.is_sqlite(url_of(engine)):
+            con = raw_connect(engine)
+            con.execute("BEGIN IMMEDIATE")
+            held.set()
+            release.wait(10)
+            con.execute("COMMIT")
+            con.close()
+            return
+        with databases.connect(url_of(engine)) as pg:
+            pg.execute("SELECT revision FROM registry_state WHERE id = 1 FOR UPDATE")
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(5)
+    results: list[WriteResult] = []
+    writer = threading.Thread(target=lambda: results.append(apply(engine, plan)))
+    writer.start()
+    writer.join(0.5)
+    assert writer.is_alive() and results == []  # waiting for the lock, nothing written
+    assert count(engine, "tokens") == 0
+    release.set()
+    holder.join(10)
+    writer.join(10)
+    assert results == [WriteResult(revision=1, duplicate=False, upserted=10, batches=1)]
