@@ -3,7 +3,8 @@ run's processes live on, and the ports it will listen on are free.
 
 The claim is an exclusive `flock` on ``<data folder>/run.lock`` (and, for SQLite, on ``<database>.run.lock``),
 held for the run's life: the kernel drops it when the run dies, however it dies, so a stale lock cannot block the
-next run. The data folder's lock file also records the run's children, so the next run can tell that an earlier
+next run. On PostgreSQL the registry's claim is a session advisory lock instead: shared among nodes (runs that
+share one Redis), exclusive for a run with an embedded Redis. The data folder's lock file also records the run's children, so the next run can tell that an earlier
 run's processes are still alive (and which) instead of colliding with them.
 """
 
@@ -20,11 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
+
 from tokenwatch.db.engine import sqlite_path
-from tokenwatch.errors import RunRefusedError
+from tokenwatch.errors import RunRefusedError, one_line
 from tokenwatch.settings import Settings
 
 RUN_LOCK = "run.lock"
+# PostgreSQL's advisory lock key for `tokenwatch run` on a registry (advisory keys are per database).
+RUN_ADVISORY_KEY = 0x74776E6F6465  # "twnode"
 # An earlier run's children get this long to finish exiting (they are told to when it dies) before we refuse.
 LEFTOVER_WAIT_S = 10.0
 HOLDER_WAIT_S = 1.0  # the holder writes its pid right after it takes the lock
@@ -32,10 +38,11 @@ HOLDER_WAIT_S = 1.0  # the holder writes its pid right after it takes the lock
 
 @dataclass
 class Claim:
-    """The run's hold on its data folder and SQLite registry; released when the run exits, however it exits."""
+    """The run's hold on its data folder and registry; released when the run exits, however it exits."""
 
     record: IO[str]
     held: list[IO[str]] = field(default_factory=list)
+    session: sa.Connection | None = None  # PostgreSQL: the connection holding the registry's advisory lock
 
     def note_children(self, children: Mapping[str, int]) -> None:
         """Record the run's live children (name: pid), for the next run to find any it leaves behind."""
@@ -50,6 +57,9 @@ class Claim:
         """Drop the locks (closing the files does it); the record stays for the next run to read."""
         for handle in (*self.held, self.record):
             handle.close()
+        if self.session is not None:
+            self.session.close()
+            self.session.engine.dispose()
 
 
 def claim(settings: Settings) -> Claim:
@@ -70,13 +80,45 @@ def claim(settings: Settings) -> Claim:
             registry.write(json.dumps({"pid": os.getpid()}))
             registry.flush()
         _refuse_leftovers(previous)
+        session = None if database is not None else _claim_server_registry(settings)
     except BaseException:
         for handle in (*held, record):
             handle.close()
         raise
-    taken = Claim(record, held)
+    taken = Claim(record, held, session)
     taken.note_children({})
     return taken
+
+
+def _claim_server_registry(settings: Settings) -> sa.Connection:
+    """Hold PostgreSQL's session advisory lock on the registry: shared by nodes (runs on one shared Redis),
+    exclusive for a run with an embedded Redis, whose sync lock no other run could see."""
+    url = sa.make_url(settings.database_url)
+    where = f"the registry {url.database!r} on {url.host or 'localhost'}:{url.port or 5432}"
+    # The server notices a vanished node within about 25 s and drops its lock; AUTOCOMMIT keeps the session
+    # out of any transaction for the run's life.
+    engine = sa.create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args={
+        "connect_timeout": 10, "options": "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 "
+                                         "-c tcp_keepalives_count=3"})
+    try:
+        session = engine.connect()
+    except sa.exc.DBAPIError as exc:
+        engine.dispose()
+        raise RunRefusedError(f"cannot reach {where}: {one_line(exc.orig or exc)}") from None
+    alone = settings.redis_url is None
+    taken = session.execute(sa.text(f"SELECT pg_try_advisory_lock{'' if alone else '_shared'}(:key)"),
+                            {"key": RUN_ADVISORY_KEY}).scalar_one()
+    if taken:
+        return session
+    session.close()
+    engine.dispose()
+    if alone:
+        raise RunRefusedError(
+            f"{where} is in use by another tokenwatch run, and a run with an embedded Redis must have its registry "
+            "to itself: to run several nodes, set TOKENWATCH_REDIS_URL to one Redis that every node shares")
+    raise RunRefusedError(
+        f"{where} is in use by a tokenwatch run with an embedded Redis, whose sync lock no node can see: set "
+        "TOKENWATCH_REDIS_URL on that run too, to the Redis this node uses")
 
 
 def _lock(path: str, what: str) -> IO[str]:

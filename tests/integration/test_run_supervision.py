@@ -20,8 +20,10 @@ from typing import Any
 
 import pytest
 import redis
+from sqlalchemy.engine.url import make_url
 
 from tests.conftest import ROOT
+from tests.databases import postgres_database, query
 from tokenwatch.embedded import EmbeddedRedis
 from tokenwatch.preflight import LEFTOVER_WAIT_S, start_time
 from tokenwatch.simulator import Simulator
@@ -376,3 +378,40 @@ def test_a_second_node_with_its_own_sqlite_registry_on_one_redis_is_refused_befo
     first.process.send_signal(signal.SIGTERM)
     assert first.process.wait(15) == 0
     assert redis_client.hget("tokenwatch:nodes", "node-a") is None  # a node that stops leaves
+
+
+def test_on_postgresql_a_run_with_an_embedded_redis_shares_its_registry_with_no_one(
+    make_run: Callable[..., Run], redis_server: EmbeddedRedis,
+) -> None:
+    with postgres_database() as url:
+        name = make_url(url).database
+        where = f"tokenwatch: the registry {name!r} on 127.0.0.1:5432 is in use by"
+
+        def active() -> int:
+            try:
+                return int(query(url, "SELECT count(*) FROM tokens WHERE status = 'active'")[0][0])
+            except Exception:
+                return 0
+
+        node = make_run("a", redis_url=redis_server.url, database_url=url, node_name="node-a").start()
+        wait_until(lambda: active() == CONTRACTS, 60, "the node's first sync")
+        alone = make_run("b", database_url=url).start()  # an embedded Redis: its sync lock is its own
+        assert alone.process is not None and alone.process.wait(30) == 1
+        assert alone.log().strip() == (
+            f"{where} another tokenwatch run, and a run with an embedded Redis must have its registry to itself: "
+            "to run several nodes, set TOKENWATCH_REDIS_URL to one Redis that every node shares")
+        assert not (alone.folder / "data" / "redis.log").exists()  # refused before a Redis was started
+
+        assert node.process is not None
+        node.process.send_signal(signal.SIGTERM)
+        assert node.process.wait(15) == 0
+        alone = make_run("b", database_url=url).start()
+        wait_until(lambda: "worker, beat and Flower started" in alone.log(), 60, "the embedded run's start")
+        late = make_run("c", redis_url=redis_server.url, database_url=url, node_name="node-c").start()
+        assert late.process is not None and late.process.wait(30) == 1
+        assert late.log().strip() == (
+            f"{where} a tokenwatch run with an embedded Redis, whose sync lock no node can see: set "
+            "TOKENWATCH_REDIS_URL on that run too, to the Redis this node uses")
+        assert alone.process is not None
+        alone.process.send_signal(signal.SIGTERM)
+        assert alone.process.wait(15) == 0
