@@ -4,8 +4,9 @@ run's processes live on, and the ports it will listen on are free.
 The claim is an exclusive `flock` on ``<data folder>/run.lock`` (and, for SQLite, on ``<database>.run.lock``),
 held for the run's life: the kernel drops it when the run dies, however it dies, so a stale lock cannot block the
 next run. On PostgreSQL the registry's claim is a session advisory lock instead: shared among nodes (runs that
-share one Redis), exclusive for a run with an embedded Redis. The data folder's lock file also records the run's children, so the next run can tell that an earlier
-run's processes are still alive (and which) instead of colliding with them.
+share one Redis), exclusive for a run with an embedded Redis. The data folder's lock file also records the
+run's children, so the next run can tell that an earlier run's processes are still alive (and which) instead of
+colliding with them.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -211,3 +212,52 @@ def test_the_dockerfile_installs_every_package_the_project_ships() -> None:
     linked = {os.path.relpath(link.resolve(), ROOT) for link in (ROOT / "tokenwatch").iterdir() if link.is_symlink()}
     assert linked >= {"db", "cache", "domain", "fetch", "tasks", "workers", "celeryconfig.py"}
     assert linked | {"tokenwatch", "pyproject.toml", "README.md"} <= copied
+
+
+# ---- docker-compose.nodes.yml: PostgreSQL and two nodes ---------------------------------------------------------
+
+NODES_COMPOSE = ROOT / "docker-compose.nodes.yml"
+
+
+@pytest.fixture(scope="module")
+def nodes_compose() -> dict[str, Any]:
+    yaml = pytest.importorskip("yaml", reason="PyYAML is not installed: the compose file's structure is unchecked")
+    loaded: dict[str, Any] = yaml.safe_load(NODES_COMPOSE.read_text())
+    return loaded
+
+
+def test_docker_compose_accepts_the_nodes_file() -> None:
+    cli = _compose_cli()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOKENWATCH_", "COMPOSE_"))}
+    result = subprocess.run([cli[0], "compose", "-f", str(NODES_COMPOSE), "config", "-q"], capture_output=True,
+                            text=True, check=False, cwd=ROOT, env=env)
+    assert result.returncode == 0, result.stderr
+
+
+def test_two_nodes_share_postgres_and_redis_and_nothing_else(nodes_compose: dict[str, Any]) -> None:
+    services = nodes_compose["services"]
+    nodes = {name: spec for name, spec in services.items() if spec.get("command") == ["tokenwatch", "run"]}
+    assert len(nodes) >= 2
+    assert set(services) - set(nodes) == {"postgres", "redis"}
+    names = set()
+    for name, spec in nodes.items():
+        # Compose's ${VAR:-default}, with every variable unset: the file must work as it stands.
+        env = {key: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value)) for key, value in spec["environment"].items()}
+        settings = Settings(redis_url=env["TOKENWATCH_REDIS_URL"], database_url=env["TOKENWATCH_DATABASE_URL"],
+                            node_name=env["TOKENWATCH_NODE_NAME"])
+        assert settings.database_url.startswith("postgresql+psycopg://"), name
+        assert urlsplit(env["TOKENWATCH_DATABASE_URL"]).hostname == "postgres", name
+        assert urlsplit(env["TOKENWATCH_REDIS_URL"]).hostname == "redis", name
+        names.add(settings.node_name)
+        assert spec["depends_on"]["postgres"]["condition"] == "service_healthy", name
+        assert spec["depends_on"]["redis"]["condition"] == "service_healthy", name
+        assert spec["healthcheck"]["test"][:3] == ["CMD", "python", "-m"], name
+        assert "ports" not in spec, name
+        own = [volume.split(":")[0] for volume in spec["volumes"]]
+        assert own == [f"{name}-data"], name  # each node its own data folder: run.lock is per node
+    assert len(names) == len(nodes), "every node needs its own TOKENWATCH_NODE_NAME"
+    for store in ("postgres", "redis"):
+        assert "ports" not in services[store], store
+        assert services[store]["healthcheck"]["test"][0] in ("CMD", "CMD-SHELL"), store
+    assert "--requirepass" in services["redis"]["command"]  # Redis reached over a network wants a password
+    assert "--appendonly" in services["redis"]["command"]
