@@ -132,8 +132,11 @@ def celery_redis(config: RedisConfig) -> CeleryRedis:
                    "socket_timeout": SOCKET_TIMEOUT_S}
         if nodes.password is not None:
             redbeat |= {"password": nodes.password, "username": nodes.username}
-        spelled = ";".join(f"{host}:{port}" for host, port in nodes.hosts)
-        return CeleryRedis(config.url, config.url, transport, None, f"redis-sentinel://{spelled}", redbeat)
+        # redbeat reads only the scheme (its sentinels come from redbeat_options), and prints the URL, which
+        # must parse as one address.
+        host, port = nodes.hosts[0]
+        return CeleryRedis(config.url, config.url, transport, None, f"redis-sentinel://{host}:{port}/{nodes.db}",
+                           redbeat)
     use_ssl = _ssl_options(config) if config.tls else None
     return CeleryRedis(to_kombu_url(config.url), to_kombu_url(config.url), {}, use_ssl,
                        to_redis_py_url(config.url))

@@ -9,8 +9,11 @@ sync re-publishes the lost tail (tokenwatch/outbox.py), and tests/invariants.py 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,11 +28,13 @@ from tests.redis_servers import MASTER_NAME, PASSWORD, SentinelCluster, wait_unt
 from tokenwatch.cache import keys
 from tokenwatch.cache.redis_client import RedisConfig, make_redis
 from tokenwatch.simulator import Simulator
+from tokenwatch.tasks.names import SYNC, Queue
 
 pytestmark = pytest.mark.integration
 
 CONTRACTS = 60
 GOOD = ("ok", "baseline")
+BEAT_INTERVAL_S = 3
 
 
 @pytest.fixture
@@ -150,3 +155,38 @@ def test_a_killed_master_is_replaced_and_syncs_go_on_with_nothing_lost_or_double
     assert PASSWORD not in worker_log
     print(f"\npromoted {promoted_s:.1f} s after the kill; first good sync {resumed_s:.1f} s after it, "
           f"{len(outcomes)} attempts ({[o['status'] for o in outcomes]}); {lost} stream entries re-published")
+
+
+def sync_ticks(client: redis.Redis) -> int:
+    """How many sync messages beat has queued (no worker consumes them here)."""
+    messages: list[bytes] = client.lrange(Queue.FETCH.value, 0, -1)  # type: ignore[assignment]
+    return sum(1 for m in messages if json.loads(m)["headers"]["task"] == SYNC)
+
+
+def beat_health(stack: Stack) -> int:
+    """Exit status of the beat container's health check (some beat holds the schedule lease)."""
+    return subprocess.run([sys.executable, "-m", "tokenwatch.workers.beat"], env=stack.env, check=False,
+                          timeout=30).returncode
+
+
+def test_beat_holds_its_lease_through_sentinel_and_schedules_again_after_a_failover(
+    node: Stack, cluster: SentinelCluster,
+) -> None:
+    node.env["TOKENWATCH_SYNC_INTERVAL_S"] = str(BEAT_INTERVAL_S)
+    node.start("beat", "beat", "--loglevel=INFO", ready="beat: Starting...")
+    beat = node.processes[-1]
+    wait_until(lambda: sync_ticks(node.redis) >= 1, 4 * BEAT_INTERVAL_S, "beat's first tick")
+    assert beat_health(node) == 0
+
+    cluster.master.kill()
+    killed = time.monotonic()
+    wait_until(lambda: cluster.master_port() == cluster.replica.port, 60, "the sentinels to promote the replica")
+    before = wait_until(lambda: sync_ticks(node.redis) + 1, 30, "the new master to answer") - 1
+    wait_until(lambda: sync_ticks(node.redis) > before, 10 * BEAT_INTERVAL_S, "a tick on the new master")
+    scheduling_s = time.monotonic() - killed
+    assert beat.poll() is None, (node.workdir / "beat.log").read_text(errors="replace")[-3000:]
+    assert beat_health(node) == 0
+    log = (node.workdir / "beat.log").read_text(errors="replace")
+    assert "Traceback" not in log, log[-3000:]
+    assert PASSWORD not in log
+    print(f"\nbeat scheduling on the new master {scheduling_s:.1f} s after the kill")
