@@ -106,9 +106,11 @@ class Settings(BaseSettings):
 
     @field_validator("redis_ca_cert")
     @classmethod
-    def _ca_file(cls, value: str | None) -> str | None:
+    def _ca_file(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None or value.strip() == "":
             return None
+        if (info.data.get("redis_url") or "").startswith("sentinel://"):
+            raise ValueError("applies to a rediss:// TOKENWATCH_REDIS_URL only (Sentinel over TLS is not supported)")
         if not os.path.isfile(value):
             raise ValueError("no such file (a PEM file of the CA that signed the Redis server's certificate)")
         return value

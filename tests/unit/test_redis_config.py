@@ -70,6 +70,15 @@ def test_missing_ca_file_is_one_line_without_its_path(monkeypatch: pytest.Monkey
     assert str(tmp_path) not in str(info.value)
 
 
+def test_a_ca_file_with_sentinel_is_refused_not_ignored(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("")
+    monkeypatch.setenv("TOKENWATCH_REDIS_URL", SENTINELS)
+    monkeypatch.setenv("TOKENWATCH_REDIS_SENTINEL_MASTER", "tokens")
+    monkeypatch.setenv("TOKENWATCH_REDIS_CA_CERT", str(tmp_path / "ca.pem"))
+    with pytest.raises(ConfigError, match=r"^invalid TOKENWATCH_REDIS_CA_CERT: .*Sentinel over TLS is not supported"):
+        load_settings()
+
+
 def test_the_sentinel_client_asks_the_sentinels_for_the_named_master() -> None:
     client = make_redis(RedisConfig(SENTINELS, "tokens"))
     pool = client.connection_pool
