@@ -8,20 +8,23 @@ from __future__ import annotations
 from celery.app.defaults import DEFAULTS
 from celery.schedules import crontab
 
-from tokenwatch.cache.redis_client import to_kombu_url, to_redis_py_url
+from tokenwatch.cache.redis_client import celery_redis
 from tokenwatch.settings import get_settings, redact_url
 from tokenwatch.tasks.names import CHECK_ALERTS, DB_OPTIMIZE, DB_VACUUM, PRUNE_SYNC_RUNS, ROUTES, SYNC, Queue
 from tokenwatch.workers.beat import LEASE_PREFIX
 
 _settings = get_settings()
 
-# Without TOKENWATCH_REDIS_URL, workers and `celery call` use the embedded server `tokenwatch run` starts.
-_redis_url = _settings.effective_redis_url()
+# Without TOKENWATCH_REDIS_URL, workers and `celery call` use the embedded server `tokenwatch run` starts. The same
+# Redis, one server or a master found through Sentinel, serves everything: cache/redis_client.py builds each part.
+_redis = celery_redis(_settings.redis_config())
 
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html#broker-url
-broker_url = to_kombu_url(_redis_url)
+broker_url = _redis.broker_url
 # The CLI waits on a chain's outcome: results go to the same Redis.
-result_backend = to_kombu_url(_redis_url)
+result_backend = _redis.result_backend
+if _redis.use_ssl is not None:  # rediss://: the server's certificate is verified (TOKENWATCH_REDIS_CA_CERT)
+    broker_use_ssl = redis_backend_use_ssl = redbeat_redis_use_ssl = _redis.use_ssl
 # Readable, safe messages: JSON only; pickle is refused on the way in and out.
 task_serializer = "json"
 result_serializer = "json"
@@ -35,8 +38,9 @@ task_soft_time_limit = 100
 task_time_limit = 120
 # Redis redelivers unacknowledged messages after the visibility timeout, even while the first copy runs:
 # keep it far above every time limit (https://docs.celeryq.dev/en/stable/getting-started/backends-and-brokers/redis.html#visibility-timeout).
-broker_transport_options = {"visibility_timeout": 3600}
-result_backend_transport_options = {"visibility_timeout": 3600}
+# Through Sentinel the transport options also name the master (master_name).
+broker_transport_options = {"visibility_timeout": 3600, **_redis.transport_options}
+result_backend_transport_options = {"visibility_timeout": 3600, **_redis.transport_options}
 # A write running when the broker connection drops finishes (its transaction commits or rolls back whole); its
 # redelivery then finds the sync applied. Celery 6 will cancel such tasks by default; we choose not to.
 worker_cancel_long_running_tasks_on_connection_loss = False
@@ -87,7 +91,9 @@ beat_schedule = {
 # beat takes over; the schedule (last run times) is shared, so the new holder neither repeats nor skips a tick.
 # https://github.com/sibson/redbeat#configuration (workers/beat.py: why not its scheduler as it is)
 beat_scheduler = "tokenwatch.workers.beat:LeasedScheduler"
-redbeat_redis_url = to_redis_py_url(_redis_url)
+redbeat_redis_url = _redis.redbeat_url
+if _redis.redbeat_options:  # Sentinel: redbeat asks the sentinels itself
+    redbeat_redis_options = _redis.redbeat_options
 redbeat_key_prefix = LEASE_PREFIX
 redbeat_lock_timeout = int(_settings.beat_lease_s())
 # Beat wakes at least this often, to renew its lease (and, waiting, to try for it).
@@ -97,4 +103,6 @@ if __name__ == "__main__":
     for name, value in sorted(globals().items()):
         if name in DEFAULTS or name.startswith("redbeat_"):  # Celery's own setting names, and redbeat's
             shown = redact_url(value) if isinstance(value, str) and "://" in value else value
+            if isinstance(value, dict) and value.get("password") is not None:
+                shown = value | {"password": "***"}
             print(f"{name} = {shown!r}")

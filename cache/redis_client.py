@@ -1,14 +1,145 @@
-"""Redis connections: one client per process and URL, made lazily after fork."""
+"""Redis connections: one client per process and configuration, made lazily after fork.
+
+Every client tokenwatch opens (hot cache, sync lock, event stream, node table, health checks) is built by
+make_redis, and Celery's broker, result backend and beat's schedule store are configured by celery_redis, both
+from one RedisConfig: a single server (redis://, rediss:// with TLS, unix://) or a master found through Redis
+Sentinel (sentinel://host:26379;sentinel://host2:26379, Celery's spelling, with the master's name).
+"""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import redis
+import redis.sentinel
 from typing_extensions import Buffer
 
 SOCKET_TIMEOUT_S = 5.0
+SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    """Where Redis is: url, and for a sentinel:// url the master's name; ca_cert verifies a TLS server (the
+    system's CAs when None)."""
+
+    url: str
+    sentinel_master: str | None = None
+    ca_cert: str | None = None
+
+    @property
+    def sentinel(self) -> bool:
+        """Whether the master is found through Sentinel."""
+        return self.url.startswith("sentinel://")
+
+    @property
+    def tls(self) -> bool:
+        """Whether the connections to the data server use TLS."""
+        return self.url.startswith("rediss://")
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelNodes:
+    """A sentinel:// URL taken apart: the sentinels, and the master's credentials and database (from the first
+    part that has them, as Celery reads them)."""
+
+    hosts: list[tuple[str, int]]
+    username: str | None = None
+    password: str | None = None
+    db: int = 0
+
+
+def sentinel_nodes(url: str) -> SentinelNodes:
+    """Parse sentinel://[:password@]host:port[/db];sentinel://host2:port...; raises ValueError on a bad part."""
+    hosts: list[tuple[str, int]] = []
+    username = password = None
+    db: int | None = None
+    for part in url.split(";"):
+        parts = urlsplit(part.strip())
+        if parts.scheme != "sentinel" or not parts.hostname:
+            raise ValueError("each ;-separated part must be sentinel://host:port")
+        hosts.append((parts.hostname, parts.port or SENTINEL_PORT))
+        if parts.password is not None and password is None:
+            username, password = (unquote(parts.username) if parts.username else None), unquote(parts.password)
+        path = parts.path.strip("/")
+        if path and db is None:
+            if not path.isdigit():
+                raise ValueError("the database after the sentinel's address must be a number")
+            db = int(path)
+    return SentinelNodes(hosts, username, password, db or 0)
+
+
+def make_redis(config: RedisConfig | str, timeout_s: float = SOCKET_TIMEOUT_S) -> redis.Redis:
+    """A client for config (bytes responses, timeouts always, health checks on); one per process
+    (tokenwatch.process keeps it). Through Sentinel, each new connection goes to the master of the moment."""
+    if isinstance(config, str):
+        config = RedisConfig(config)
+    options: dict[str, Any] = {
+        "socket_timeout": timeout_s, "socket_connect_timeout": timeout_s, "health_check_interval": 30,
+        "retry_on_timeout": False,
+    }
+    if config.sentinel:
+        nodes = sentinel_nodes(config.url)
+        if not config.sentinel_master:
+            raise ValueError("a sentinel:// URL needs the master's name (TOKENWATCH_REDIS_SENTINEL_MASTER)")
+        sentinels = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+            nodes.hosts, sentinel_kwargs={"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s},
+        )
+        master: redis.Redis = sentinels.master_for(  # type: ignore[no-untyped-call]
+            config.sentinel_master, db=nodes.db, username=nodes.username, password=nodes.password, **options,
+        )
+        return master
+    if config.tls:
+        options |= _ssl_options(config)
+    pool = redis.ConnectionPool.from_url(to_redis_py_url(config.url), **options)
+    return redis.Redis(connection_pool=pool)
+
+
+def _ssl_options(config: RedisConfig) -> dict[str, Any]:
+    """redis-py's (and kombu's, Celery's, redbeat's) TLS options: the server's certificate is always verified."""
+    options: dict[str, Any] = {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    if config.ca_cert:
+        options["ssl_ca_certs"] = config.ca_cert
+    return options
+
+
+@dataclass(frozen=True, slots=True)
+class CeleryRedis:
+    """Celery's and redbeat's settings for one RedisConfig (celeryconfig.py puts them in place)."""
+
+    broker_url: str
+    result_backend: str
+    transport_options: dict[str, Any] = field(default_factory=dict)  # broker and result backend alike
+    use_ssl: dict[str, Any] | None = None  # broker_use_ssl, redis_backend_use_ssl, redbeat_redis_use_ssl
+    redbeat_url: str = ""
+    redbeat_options: dict[str, Any] = field(default_factory=dict)
+
+
+def celery_redis(config: RedisConfig) -> CeleryRedis:
+    """Broker, result backend and beat's schedule store on the Redis of config.
+
+    Celery's sentinel:// transport and result backend take the master's name from their transport options;
+    redbeat finds it through its own Sentinel client (https://github.com/sibson/redbeat#configuration).
+    """
+    if config.sentinel:
+        nodes = sentinel_nodes(config.url)
+        transport = {"master_name": config.sentinel_master}
+        redbeat = {"sentinels": nodes.hosts, "service_name": config.sentinel_master, "db": nodes.db,
+                   "socket_timeout": SOCKET_TIMEOUT_S}
+        if nodes.password is not None:
+            redbeat |= {"password": nodes.password, "username": nodes.username}
+        # redbeat reads only the scheme (its sentinels come from redbeat_options), and prints the URL, which
+        # must parse as one address.
+        host, port = nodes.hosts[0]
+        return CeleryRedis(config.url, config.url, transport, None, f"redis-sentinel://{host}:{port}/{nodes.db}",
+                           redbeat)
+    use_ssl = _ssl_options(config) if config.tls else None
+    return CeleryRedis(to_kombu_url(config.url), to_kombu_url(config.url), {}, use_ssl,
+                       to_redis_py_url(config.url))
 
 
 def to_redis_py_url(url: str) -> str:
@@ -23,16 +154,6 @@ def to_kombu_url(url: str) -> str:
     if url.startswith("unix://"):
         return "redis+socket://" + url[len("unix://"):]
     return url
-
-
-def make_redis(url: str) -> redis.Redis:
-    """A client for url (bytes responses, timeouts always, health checks on); one per process
-    (tokenwatch.process keeps it)."""
-    pool = redis.ConnectionPool.from_url(
-        to_redis_py_url(url), socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S,
-        health_check_interval=30, retry_on_timeout=False,
-    )
-    return redis.Redis(connection_pool=pool)
 
 
 def pack_hset(key: str, pairs: Sequence[tuple[str, Buffer]]) -> bytes:

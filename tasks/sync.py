@@ -22,7 +22,7 @@ def worker_context() -> steps.StepContext:
     """The steps' context in a worker process: its Redis for the lock, the cache and the handoff."""
     settings = get_settings()
     state = process.current()
-    client = state.redis(settings.effective_redis_url())
+    client = state.redis(settings.redis_config())
     return steps.StepContext(settings, state, RedisHandoff(client, state, settings.staging_ttl_s), client)
 
 

@@ -64,13 +64,12 @@ def cmd_sync(settings: Settings, args: argparse.Namespace) -> int:
 def _sync_through_broker(settings: Settings, timeout_s: float) -> Outcome:
     from celery.exceptions import TimeoutError as CeleryTimeout  # noqa: PLC0415
 
-    from tokenwatch.cache.redis_client import to_redis_py_url  # noqa: PLC0415
+    from tokenwatch.cache.redis_client import make_redis  # noqa: PLC0415
     from tokenwatch.tasks.sync import sync_chain, wait_for_outcome  # noqa: PLC0415
 
     sync_id = new_sync_id()
     # Celery's own client retries an unreachable broker for about 20 s whatever our timeout; ask first.
-    probe = redis.Redis.from_url(to_redis_py_url(settings.effective_redis_url()), socket_timeout=2,
-                                 socket_connect_timeout=2)
+    probe = make_redis(settings.redis_config(), timeout_s=2)
     try:
         probe.ping()
     except (redis.RedisError, OSError) as exc:
@@ -126,7 +125,7 @@ def cmd_history(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_events(settings: Settings, args: argparse.Namespace) -> int:
     from tokenwatch.cache import keys  # noqa: PLC0415
 
-    client = current().redis(settings.effective_redis_url())
+    client = current().redis(settings.redis_config())
 
     def text(value: Any) -> str:
         return value.decode() if isinstance(value, bytes) else str(value)

@@ -13,7 +13,7 @@ from kombu.exceptions import ChannelError
 from sqlalchemy import Connection, desc, func, select, true
 
 from tokenwatch import alerts, clock
-from tokenwatch.cache.redis_client import to_kombu_url
+from tokenwatch.cache.redis_client import celery_redis
 from tokenwatch.clock import HOUR_MS
 from tokenwatch.db.queries import recent_syncs
 from tokenwatch.db.schema import sync_runs, token_history, tokens
@@ -83,7 +83,9 @@ def events_since(conn: Connection, after_id: int) -> tuple[int, dict[str, int]]:
 def queue_lengths(settings: Settings) -> dict[str, int]:
     """Messages waiting in each Celery queue on the broker, asked through kombu (all priority levels)."""
     lengths: dict[str, int] = {}
-    broker = BrokerConnection(to_kombu_url(settings.effective_redis_url()), connect_timeout=5)  # type: ignore[no-untyped-call]
+    options = celery_redis(settings.redis_config())
+    broker = BrokerConnection(options.broker_url, connect_timeout=5, ssl=options.use_ssl or False,  # type: ignore[no-untyped-call]
+                              transport_options=options.transport_options)
     with broker as connection:
         channel = connection.default_channel
         for queue in QUEUES:
@@ -144,7 +146,7 @@ class Status:
 def connect_redis(settings: Settings, process: ProcessState) -> tuple[redis.Redis | None, str | None]:
     """This process's Redis client if it answers, else (None, a one-line reason)."""
     url = settings.effective_redis_url()
-    client = process.redis(url)
+    client = process.redis(settings.redis_config())
     try:
         client.ping()
     except (redis.RedisError, OSError) as exc:

@@ -25,7 +25,7 @@ def inline_context(
 ) -> StepContext:
     """The context of an inline sync: memory handoff, and Redis when it answers (else no lock, no cache)."""
     process = process or process_module.current()
-    client = process.redis(settings.effective_redis_url())
+    client = process.redis(settings.redis_config())
     try:
         client.ping()
     except (redis.RedisError, OSError) as exc:

@@ -21,7 +21,7 @@ import redis
 import requests
 from sqlalchemy import Engine
 
-from tokenwatch.cache.redis_client import make_redis
+from tokenwatch.cache.redis_client import RedisConfig, make_redis
 from tokenwatch.db.engine import open_engine, sqlite_path
 from tokenwatch.domain.contracts import ParseMemo
 from tokenwatch.domain.registry import RegistryHead, RegistryState
@@ -46,7 +46,7 @@ class ProcessState:
     worker_name: str | None = None  # set in a Celery worker: its pool processes report their memory
     engines: dict[tuple[str, bool], Engine] = field(default_factory=dict)
     files: dict[tuple[str, bool], tuple[int, int] | None] = field(default_factory=dict)  # SQLite (device, inode)
-    redis_clients: dict[str, redis.Redis] = field(default_factory=dict)
+    redis_clients: dict[RedisConfig | str, redis.Redis] = field(default_factory=dict)
     http: requests.Session | None = None
     # The registry as this process's last commit left it, and one built here whose plan is not committed yet.
     registry: RegistryState | None = None
@@ -77,11 +77,11 @@ class ProcessState:
             self.files[key] = file_identity(database_url)
         return engine
 
-    def redis(self, url: str) -> redis.Redis:
-        """This process's Redis client for the URL."""
-        client = self.redis_clients.get(url)
+    def redis(self, config: RedisConfig | str) -> redis.Redis:
+        """This process's Redis client for the configuration (Settings.redis_config()) or a plain URL."""
+        client = self.redis_clients.get(config)
         if client is None:
-            client = self.redis_clients[url] = make_redis(url)
+            client = self.redis_clients[config] = make_redis(config)
         return client
 
     def http_session(self) -> requests.Session:

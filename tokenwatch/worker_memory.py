@@ -38,7 +38,7 @@ def report(settings: Settings, process: ProcessState) -> None:
         return
     ttl_s = max(int(settings.sync_interval_s * RSS_TTL_INTERVALS), 60)
     try:
-        process.redis(settings.effective_redis_url()).set(f"{WORKER_RSS_PREFIX}{name}-{os.getpid()}", rss_bytes(),
+        process.redis(settings.redis_config()).set(f"{WORKER_RSS_PREFIX}{name}-{os.getpid()}", rss_bytes(),
                                                           ex=ttl_s)
     except (redis.RedisError, OSError) as exc:
         log.debug("could not report worker memory: %s", exc)

@@ -68,7 +68,7 @@ def lease_holder_alive() -> bool:
     from tokenwatch.cache.redis_client import make_redis  # noqa: PLC0415 - only the health check needs it
     from tokenwatch.settings import get_settings  # noqa: PLC0415
 
-    client = make_redis(get_settings().effective_redis_url())
+    client = make_redis(get_settings().redis_config())
     try:
         return bool(client.exists(f"{LEASE_PREFIX}:lock"))
     except redis.RedisError:

@@ -183,7 +183,7 @@ def test_percentiles_and_the_hour_summary() -> None:
 
 def test_only_a_worker_reports_its_memory_with_a_ttl(process_state: ProcessState, client: redis.Redis) -> None:
     settings = load_settings()
-    process_state.redis_clients[settings.effective_redis_url()] = client
+    process_state.redis_clients[settings.redis_config()] = client
     worker_memory.report(settings, process_state)
     assert worker_memory.worker_rss(client) == {}  # the CLI is no worker
     process_state.worker_name = "tokenwatch@box"
