@@ -34,6 +34,10 @@ PRAGMAS = (
 
 # PostgreSQL: a server that does not answer fails a command in seconds, not after the OS's TCP timeout.
 PG_CONNECT_TIMEOUT_S = 10
+# A node cut off inside a write transaction would hold the registry row until the server noticed the dead
+# connection (hours, by the OS's TCP defaults): the server ends a session idle inside a transaction after this,
+# and probes an idle connection's peer every few seconds, so the row is free again within half a minute.
+PG_IDLE_IN_TRANSACTION_MS = 20_000
 # PostgreSQL's counterpart of the busy timeout: a writer waits this long for the registry row another transaction
 # holds, then fails with a lock timeout that is retried like SQLite's "database is locked" (db/locking.py).
 PG_LOCK_TIMEOUT_MS = BUSY_TIMEOUT_MS
@@ -59,9 +63,15 @@ def make_engine(database_url: str, *, writer: bool = False) -> Engine:
     if not is_sqlite(database_url):
         # A writer serialises on the registry row first (FOR UPDATE), then must see what the previous holder
         # committed: READ COMMITTED. A reader's several statements (head, then rows) must see one commit.
-        connect_args: dict[str, Any] = {"connect_timeout": PG_CONNECT_TIMEOUT_S, "application_name": "tokenwatch"}
+        connect_args: dict[str, Any] = {"connect_timeout": PG_CONNECT_TIMEOUT_S, "application_name": "tokenwatch",
+                                        "options": f"-c idle_in_transaction_session_timeout="
+                                                   f"{PG_IDLE_IN_TRANSACTION_MS} -c tcp_keepalives_idle=10 "
+                                                   "-c tcp_keepalives_interval=5 -c tcp_keepalives_count=3",
+                                        # ...and this side notices a server gone silent the same way.
+                                        "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
+                                        "keepalives_count": 3}
         if writer:
-            connect_args["options"] = f"-c lock_timeout={PG_LOCK_TIMEOUT_MS}"
+            connect_args["options"] += f" -c lock_timeout={PG_LOCK_TIMEOUT_MS}"
         return create_engine(
             database_url, isolation_level="READ COMMITTED" if writer else "REPEATABLE READ", connect_args=connect_args,
         )

@@ -14,8 +14,8 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Engine, event, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 import tokenwatch.db.engine
 import tokenwatch.db.locking
@@ -558,3 +558,24 @@ def test_a_write_waits_for_the_transaction_holding_the_registry(engine: Engine) 
     holder.join(10)
     writer.join(10)
     assert results == [WriteResult(revision=1, duplicate=False, upserted=10, batches=1)]
+
+
+def test_on_postgresql_a_writer_silent_inside_its_transaction_frees_the_registry_row(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A node cut off mid-write must not hold the registry row until the server's TCP timeout (hours)."""
+    monkeypatch.setattr(tokenwatch.db.engine, "PG_IDLE_IN_TRANSACTION_MS", 1000)
+    with databases.postgres_database() as url:
+        silent, other = make(None, url), make_engine(url, writer=True)
+        try:
+            held = silent.connect()
+            held.begin()
+            held.execute(text("SELECT id FROM registry_state FOR UPDATE"))  # what a write takes first
+            time.sleep(2.5)  # its client says nothing more, as a node whose cable was pulled
+            with other.begin() as connection:  # within lock_timeout, or it raises
+                assert connection.execute(text("SELECT id FROM registry_state FOR UPDATE")).all()
+            with pytest.raises(DBAPIError, match="idle-in-transaction timeout"):
+                held.execute(text("SELECT 1"))
+        finally:
+            silent.dispose()
+            other.dispose()
