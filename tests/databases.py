@@ -122,3 +122,13 @@ class WriteLock:
         if self._pg is not None:
             self._pg.rollback()
             self._pg.close()
+
+
+def insert_many(url: str, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    """Run one INSERT ("?" placeholders) for every row, in one transaction, on either backend."""
+    if is_sqlite(url):
+        with closing(sqlite3.connect(sqlite_file(url))) as conn, conn:
+            conn.executemany(sql, rows)
+        return
+    with connect(url) as conn, conn.cursor() as cursor:
+        cursor.executemany(sql.replace("?", "%s"), rows)
