@@ -79,6 +79,13 @@ def _size_block(size: dict[str, Any]) -> list[str]:
     for name in REFERENCES:
         lines.append(_row(f"  ({name})", [_ref_cell(sc[s]["refs"][name]) for s in SCENARIOS]))
     lines.append(_row("  (c) = db + cache", [_split(sc[s]["refs"]["c"]) for s in SCENARIOS]))
+    pg = size.get("postgresql")
+    if pg:
+        lines.append(f"steady on PostgreSQL (--database) beside SQLite, same run (ms, median [min-max]); total "
+                     f"{pg['steady_total_ratio']:.2f}x SQLite's:" if pg["steady_total_ratio"] else
+                     "steady on PostgreSQL (--database):")
+        for phase, st in pg["steady_phases"].items():
+            lines.append(_row(f"  {phase}", [f"PG {_s(st)}", f"SQLite {_s(pg['sqlite_steady_phases'][phase])}"]))
     return lines
 
 

@@ -211,6 +211,15 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         f"{soak['growth_pct']:+.1f}% ({soak['rss_start_mb']:.0f} -> {soak['rss_end_mb']:.0f} MB over "
         f"{soak['syncs']} syncs)",
     ))
+    pg = s5.get("postgresql") if s5 else None
+    ratio_pg = pg["steady_total_ratio"] if pg else None
+    out.append(_target(
+        "steady 5,000 on PostgreSQL within 2x of SQLite (same run)", ratio_pg,
+        None if ratio_pg is None else ratio_pg <= 2.0,
+        "not measured (use --database URL)" if ratio_pg is None or pg is None else
+        f"{ratio_pg:.2f}x ({pg['steady_phases']['total']['median']:.0f} vs "
+        f"{pg['sqlite_steady_phases']['total']['median']:.0f} ms total)",
+    ))
     big, small = _size(report, 100_000), s5
     if big and small:
         per_big = big["scenarios"]["steady"]["total_minus_api"]["median"] / 100_000 * 1000

@@ -1,4 +1,5 @@
-"""Benchmark the sync: ``python -m benchmarks.run [--sizes ...] [--runs N] [--json] [--skip-chain] [--soak [N]]``.
+"""Benchmark the sync: ``python -m benchmarks.run [--sizes ...] [--runs N] [--json] [--skip-chain] [--soak [N]]
+[--database postgresql+psycopg://...]``.
 
 Starts a private Redis (unix socket, temp dir) and, per size, the local simulator; every measured sync runs in
 a fresh spawned child (benchmarks/scenarios.py). Progress goes to stderr; stdout gets the table, or with
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import redis
 
-from benchmarks import chain, exchange, report, soak
+from benchmarks import chain, exchange, postgres, report, soak
 from benchmarks.child import in_child
 from benchmarks.render import render
 from benchmarks.scenarios import REFERENCES, SCENARIOS, Job, Measurement, measure, remove_db, snapshot_file
@@ -107,8 +108,9 @@ class Bench:
     """One benchmark run: a private Redis, a temp dir, and the sizes measured one after the other."""
 
     def __init__(self, workdir: Path, server: EmbeddedRedis, with_chain: bool, chain_max: int,
-                 chain_runs: int = CHAIN_RUNS) -> None:
+                 chain_runs: int = CHAIN_RUNS, postgres: postgres.Server | None = None) -> None:
         self.workdir = workdir
+        self.postgres = postgres
         self.redis_url = server.url
         self.client = redis.Redis(unix_socket_path=server.socket_path)
         self.with_chain = with_chain
@@ -174,11 +176,46 @@ class Bench:
                         self._job(size, scenario, sim, db, run, plan), run, runs, script))
                     change.revert()
                     remove_db(str(db))
+                if scenario == "steady" and self.postgres is not None:
+                    self._postgres_steady(result, sim, runs, version, change)
             self.client.unlink(BASE_TOKENS)
             self._chain(result, sim, folder)
         result.seconds = time.monotonic() - started
         self.results.append(result)
         return result
+
+    def _postgres_steady(self, result: report.SizeResult, sim: Simulator, runs: int, version: bytes | None,
+                         change: exchange.SteadyChange | exchange.ChurnChange) -> None:
+        """The steady runs again on PostgreSQL, in the same run: each from a copy of a PostgreSQL baseline made
+        by one cold sync (CREATE DATABASE ... TEMPLATE, the counterpart of the file copy)."""
+        assert self.postgres is not None
+        folder = self.workdir / f"n{result.size}"
+        base = self.postgres.create(f"b{result.size}")
+        reset_cache(self.client)
+        cold = Job(result.size, "cold", sim.url, self.redis_url, str(folder / "pg"), str(folder), (), verify=False,
+                   database_url=base)
+        in_child(measure, cold, None)
+        measured: list[Measurement] = []
+        for run in range(runs):
+            self.client.copy(BASE_TOKENS, keys.TOKENS, replace=True)
+            self.client.set(keys.VERSION, version or b"0")
+            self.client.unlink(keys.SYNC_LOCK)
+            url = self.postgres.create(f"s{result.size}", template=base)
+
+            def script(run: int = run) -> None:
+                change.apply(run)
+                exchange.warm_body(sim)
+
+            job = Job(result.size, "steady", sim.url, self.redis_url, str(folder / "pg"), str(folder), (),
+                      verify=False, database_url=url)
+            m = in_child(measure, job, script)
+            progress(f"{result.size:>7,} steady on PostgreSQL run {run + 1}/{runs}: total {m.phases['total']:,.0f} "
+                     f"ms, write {m.phases['batch_write']:,.0f}, db_load {m.phases['db_load']:,.0f}")
+            measured.append(m)
+            change.revert()
+            self.postgres.drop(url)
+        self.postgres.drop(base)
+        result.extra["postgresql"] = postgres.summary(measured, result.measurements["steady"])
 
     def _chain(self, result: report.SizeResult, sim: Simulator, folder: Path) -> None:
         if not self.with_chain:
@@ -263,7 +300,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="largest size timed through the Celery chain (default: %(default)s)")
     parser.add_argument("--soak", type=int, nargs="?", const=500, default=None, metavar="N",
                         help="also run N consecutive steady syncs of 5,000 contracts in one process (default N: 500)")
+    parser.add_argument("--database", default=None, metavar="URL",
+                        help="also run the steady scenario on this PostgreSQL (postgresql+psycopg://...), beside "
+                             "SQLite; it creates and drops databases named after URL's")
     args = parser.parse_args(argv)
+    if args.database is not None and not args.database.startswith("postgresql+psycopg://"):
+        parser.error("--database takes a postgresql+psycopg:// URL (SQLite is always measured)")
     try:
         text = "" if args.sizes.strip().lower() == "none" else args.sizes
         args.sizes = sorted({int(s) for s in text.split(",") if s.strip()})
@@ -282,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     soak_result: soak.SoakResult | None = None
     try:
         with EmbeddedRedis(str(workdir / "redis.sock"), str(workdir / "redis")) as server:
-            bench = Bench(workdir, server, not args.skip_chain, args.chain_max_size, args.chain_runs)
+            pg = postgres.Server(args.database) if args.database else None
+            bench = Bench(workdir, server, not args.skip_chain, args.chain_max_size, args.chain_runs, pg)
             # The embedded server snapshots every minute by default: a fork and an RDB write mid-measurement.
             bench.client.config_set("save", "")
             if not args.skip_chain:

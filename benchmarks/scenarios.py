@@ -63,6 +63,8 @@ class Job:
     workdir: str
     references: tuple[str, ...] = REFERENCES
     verify: bool = True
+    # A PostgreSQL registry to sync into instead of the file at db_path (prepared by the parent; no references).
+    database_url: str | None = None
 
     @property
     def previous_sync(self) -> bool:
@@ -214,7 +216,8 @@ def measure(job: Job, pause: Pause) -> Measurement:
     clock = Timer()
     logging.getLogger("tokenwatch").setLevel(logging.ERROR)
     settings = Settings(
-        kucoin_url=job.sim_url, database_url=f"sqlite:///{job.db_path}", redis_url=job.redis_url, http_retries=0,
+        kucoin_url=job.sim_url, database_url=job.database_url or f"sqlite:///{job.db_path}", redis_url=job.redis_url,
+        http_retries=0,
     )
     state = process.current()
     client = state.redis(job.redis_url)  # the client the workers use
@@ -227,9 +230,10 @@ def measure(job: Job, pause: Pause) -> Measurement:
     prestate: str | None = None
     if job.previous_sync:
         db_load_cold = _sync(settings, keep).phases["db_load"]
-        prestate = os.path.join(job.workdir, "prestate.db")
-        snapshot_file(job.db_path, prestate)
-    engine = state.engine(settings.database_url)
+        if job.database_url is None:  # the references start from this state
+            prestate = os.path.join(job.workdir, "prestate.db")
+            snapshot_file(job.db_path, prestate)
+    engine = state.engine(settings.database_url, create=True)  # as the sync steps open it: cold creates it
     before = state.trusted_registry(load_head(engine))  # what the diff step will take (steps.load_state)
     warm = before is not None
     warmup = warm_writer(settings, state)

@@ -6,7 +6,9 @@ single writer does them (tasks/maintenance.py); the reads serve ``tokenwatch db 
 Query plans are checked on the statements the code really runs: a probe calls a real read function while a
 ``before_cursor_execute`` listener on every Engine records what it sends, then each recorded SELECT is run
 again under ``EXPLAIN QUERY PLAN`` with the same parameters (bound parameters can change SQLite's choice of a
-partial index, so literals would not prove the same thing).
+partial index, so literals would not prove the same thing). On PostgreSQL the same statements run under
+``EXPLAIN`` with sequential scans disabled for that transaction: a small table would be read whole whatever its
+indexes, so the check asks whether an index *can* serve the query, and a Seq Scan that remains means none can.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from tokenwatch.db.queries import history, list_tokens, load_registry, recent_sy
 from tokenwatch.db.schema import sync_runs, token_history, tokens
 
 PRUNE_STEP_MS = 86_400_000  # one day of sync_runs per delete transaction: a backlog never holds the lock long
-# A plan line that reads a whole table, not through an index: "SCAN tokens" (SQLite < 3.36: "SCAN TABLE tokens").
-_FULL_SCAN = re.compile(r"^SCAN (?:TABLE )?(\w+)(?: AS \w+)?$")
+# A plan line that reads a whole table, not through an index: "SCAN tokens" (SQLite < 3.36: "SCAN TABLE tokens");
+# PostgreSQL: "Seq Scan on tokens", perhaps under "->  " and with an alias.
+_FULL_SCAN = re.compile(r"^(?:SCAN (?:TABLE )?(\w+)(?: AS \w+)?|(?:->\s+)?(?:Parallel )?Seq Scan on (\w+)(?: \w+)?)$")
 # Tables that grow with the registry; registry_state is one row and may be scanned.
 WATCHED_TABLES = frozenset({"tokens", "token_history", "sync_runs"})
 
@@ -39,8 +42,12 @@ def _ms_since(start: float) -> float:
 
 # ---- upkeep (writes: run them on the db queue) -------------------------------------------------------------
 
+def _sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
 def optimize(engine: Engine) -> dict[str, Any]:
-    """ANALYZE, then PRAGMA optimize: fresh statistics for the query planner.
+    """ANALYZE (then, on SQLite, PRAGMA optimize): fresh statistics for the query planner.
 
     On SQLite before 3.46, PRAGMA optimize in a new connection analyses nothing, hence the explicit ANALYZE.
     """
@@ -49,16 +56,25 @@ def optimize(engine: Engine) -> dict[str, Any]:
     def run() -> None:
         with engine.begin() as conn:
             conn.exec_driver_sql("ANALYZE")
-            conn.exec_driver_sql("PRAGMA optimize")
+            if _sqlite(engine):
+                conn.exec_driver_sql("PRAGMA optimize")
 
     with_lock_retry(run)
     return {"analyzed": True, "ms": _ms_since(start)}
 
 
-def vacuum(engine: Engine, path: str) -> dict[str, Any]:
-    """VACUUM when there are free pages to give back, then truncate the WAL; sizes before and after."""
+def vacuum(engine: Engine, path: str | None) -> dict[str, Any]:
+    """SQLite (the file at path): VACUUM when there are free pages to give back, then truncate the WAL.
+    PostgreSQL: a plain VACUUM of the registry's tables (dead rows made reusable; the server's WAL is its own).
+    Sizes before and after."""
     start = time.perf_counter()
-    before = file_sizes(path)
+    if path is None:
+        before = file_sizes(engine, None)
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:  # VACUUM: no transaction
+            conn.exec_driver_sql("VACUUM " + ", ".join(t.name for t in (tokens, token_history, sync_runs)))
+        return {"vacuumed": True, "free_pages_before": None, "before": before, "after": file_sizes(engine, None),
+                "ms": _ms_since(start)}
+    before = file_sizes(engine, path)
     free = page_stats(engine)["freelist_count"]
     raw = engine.raw_connection()
     try:
@@ -70,7 +86,7 @@ def vacuum(engine: Engine, path: str) -> dict[str, Any]:
         cursor.close()
     finally:
         raw.close()
-    return {"vacuumed": bool(free), "free_pages_before": free, "before": before, "after": file_sizes(path),
+    return {"vacuumed": bool(free), "free_pages_before": free, "before": before, "after": file_sizes(engine, path),
             "ms": _ms_since(start)}
 
 
@@ -103,13 +119,22 @@ def prune_sync_runs(engine: Engine, older_than_ms: int, step_ms: int = PRUNE_STE
 # ---- checks (reads) --------------------------------------------------------------------------------------
 
 def integrity(engine: Engine) -> list[str]:
-    """PRAGMA integrity_check: ["ok"] for a sound file, else SQLite's list of problems."""
+    """PRAGMA integrity_check: ["ok"] for a sound file, else SQLite's list of problems. PostgreSQL checks its
+    own pages as it reads them: ["ok"] when the server answers."""
     with engine.connect() as conn:
+        if not _sqlite(engine):
+            conn.exec_driver_sql("SELECT 1").scalar_one()
+            return ["ok"]
         return [str(row[0]) for row in conn.exec_driver_sql("PRAGMA integrity_check")]
 
 
-def file_sizes(path: str) -> dict[str, int]:
-    """Bytes of the database file and its -wal and -shm companions (0 when absent)."""
+def file_sizes(engine: Engine, path: str | None) -> dict[str, int]:
+    """Bytes of the SQLite file at path and its -wal and -shm companions (0 when absent); on PostgreSQL (path
+    None) the database's size, as pg_database_size gives it."""
+    if path is None:
+        with engine.connect() as conn:
+            size = conn.exec_driver_sql("SELECT pg_database_size(current_database())").scalar_one()
+        return {"db": int(size), "wal": 0, "shm": 0}
     sizes: dict[str, int] = {}
     for name, suffix in (("db", ""), ("wal", "-wal"), ("shm", "-shm")):
         try:
@@ -120,8 +145,13 @@ def file_sizes(path: str) -> dict[str, int]:
 
 
 def page_stats(engine: Engine) -> dict[str, int]:
-    """page_size, page_count and freelist_count (free pages a VACUUM would give back)."""
+    """page_size, page_count and freelist_count (free pages a VACUUM would give back; PostgreSQL: 0, its VACUUM
+    makes dead rows reusable in place)."""
     with engine.connect() as conn:
+        if not _sqlite(engine):
+            block = int(conn.exec_driver_sql("SELECT current_setting('block_size')").scalar_one())
+            size = int(conn.exec_driver_sql("SELECT pg_database_size(current_database())").scalar_one())
+            return {"page_size": block, "page_count": size // block, "freelist_count": 0}
         return {name: int(conn.exec_driver_sql(f"PRAGMA {name}").scalar_one())
                 for name in ("page_size", "page_count", "freelist_count")}
 
@@ -187,8 +217,9 @@ def full_scans(plan: Iterable[str]) -> list[str]:
     scanned = []
     for line in plan:
         match = _FULL_SCAN.match(line.strip())
-        if match and match.group(1) in WATCHED_TABLES:
-            scanned.append(match.group(1))
+        table = match and (match.group(1) or match.group(2))
+        if table and table in WATCHED_TABLES:
+            scanned.append(table)
     return scanned
 
 
@@ -198,7 +229,9 @@ def _capture(probe: Probe, engine: Engine, context: ProbeContext) -> list[tuple[
                                                     compile_kwargs={"render_postcompile": True})
         assert isinstance(compiled, SQLCompiler)
         params = compiled.construct_params() or {}
-        return [(str(compiled), tuple(params[name] for name in (compiled.positiontup or ())))]
+        if compiled.positiontup is None:  # a named paramstyle (psycopg): the parameters as they are
+            return [(str(compiled), params)]
+        return [(str(compiled), tuple(params[name] for name in compiled.positiontup))]
     assert probe.run is not None, f"probe {probe.name} has neither run nor statement"
     seen: list[tuple[str, Any]] = []
 
@@ -218,10 +251,15 @@ def _capture(probe: Probe, engine: Engine, context: ProbeContext) -> list[tuple[
 def explain(engine: Engine, probes: Iterable[Probe], context: ProbeContext) -> list[QueryPlan]:
     """The query plan of every statement each probe runs."""
     plans: list[QueryPlan] = []
+    sqlite = _sqlite(engine)
     for probe in probes:
         for sql, params in _capture(probe, engine, context):
             with engine.connect() as conn:
-                rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params or ()).all()
+                if sqlite:
+                    rows = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params or ()).all()
+                else:
+                    conn.exec_driver_sql("SET LOCAL enable_seqscan = off")  # see the module docstring
+                    rows = conn.exec_driver_sql("EXPLAIN (COSTS OFF) " + sql, params or {}).all()
             lines = [str(row[-1]) for row in rows]
             plans.append(QueryPlan(probe.name, " ".join(sql.split()), lines, probe.full_read, full_scans(lines)))
     return plans

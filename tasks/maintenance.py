@@ -16,7 +16,7 @@ from celery.utils.log import get_task_logger
 from tokenwatch import health, metrics, process, worker_memory
 from tokenwatch.clock import DAY_MS, now_ms
 from tokenwatch.db import maintenance
-from tokenwatch.db.engine import sqlite_path
+from tokenwatch.db.engine import is_sqlite, sqlite_path
 from tokenwatch.settings import get_settings
 from tokenwatch.tasks.names import CHECK_ALERTS, DB_OPTIMIZE, DB_VACUUM, PRUNE_SYNC_RUNS
 from tokenwatch.workers.app import app
@@ -55,12 +55,17 @@ def db_optimize() -> dict[str, Any]:
 
 @app.task(name=DB_VACUUM)
 def db_vacuum() -> dict[str, Any]:
-    """VACUUM if there are free pages, then truncate the WAL."""
+    """VACUUM if there are free pages, then truncate the WAL (SQLite); VACUUM the registry's tables (PostgreSQL)."""
     settings = get_settings()
     path = sqlite_path(settings.database_url)
-    if path is None:
+    if path is None and is_sqlite(settings.database_url):
         return {"vacuumed": False, "reason": "in-memory database"}
     result = maintenance.vacuum(process.current().engine(settings.database_url, writer=True), path)
+    if path is None:
+        log.info("database vacuum (PostgreSQL): %d -> %d bytes in %.1f ms", result["before"]["db"],
+                 result["after"]["db"], result["ms"])
+        worker_memory.report(settings, process.current())
+        return result
     log.info("database vacuum: %s free pages given back, %d -> %d bytes (wal %d -> %d) in %.1f ms",
              result["free_pages_before"] if result["vacuumed"] else "no", result["before"]["db"],
              result["after"]["db"], result["before"]["wal"], result["after"]["wal"], result["ms"])

@@ -15,6 +15,8 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
+from psycopg.types.string import TextLoader
 from sqlalchemy.engine.url import make_url
 
 BACKENDS = ("sqlite", "postgresql")
@@ -59,7 +61,7 @@ def query(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
     if is_sqlite(url):
         with closing(sqlite3.connect(sqlite_file(url))) as conn:
             return list(conn.execute(sql, params))
-    with psycopg.connect(_libpq(url)) as conn:
+    with connect(url) as conn:
         return [tuple(row) for row in conn.execute(sql.replace("%", "%%").replace("?", "%s"), params)]
 
 
@@ -71,6 +73,62 @@ def registry_exists(url: str) -> bool:
     return bool(rows[0][0])
 
 
-def connect(url: str) -> psycopg.Connection[tuple[Any, ...]]:
-    """A plain psycopg connection to a PostgreSQL registry (autocommit off)."""
-    return psycopg.connect(_libpq(url))
+def connect(url: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A plain psycopg connection to a PostgreSQL registry (autocommit off). JSON columns read as the text they
+    hold, as sqlite3 reads them, so a test compares the same values on both backends."""
+    conn = psycopg.connect(_libpq(url), **kwargs)
+    conn.adapters.register_loader("json", TextLoader)
+    return conn
+
+
+def dict_rows(url: str, sql: str) -> list[dict[str, Any]]:
+    """Rows of one query as column -> value, on either backend."""
+    if is_sqlite(url):
+        with closing(sqlite3.connect(sqlite_file(url))) as conn:
+            conn.row_factory = sqlite3.Row
+            return [dict(row) for row in conn.execute(sql)]
+    with connect(url, row_factory=dict_row) as conn:
+        return list(conn.execute(sql.replace("%", "%%")))
+
+
+def as_text(url: str, tables: tuple[str, ...]) -> str:
+    """Everything the tables hold, as text (SQLite: its own dump of the whole file)."""
+    if is_sqlite(url):
+        with closing(sqlite3.connect(sqlite_file(url))) as conn:
+            return "\n".join(conn.iterdump())
+    return "\n".join(repr(row) for table in tables for row in query(url, f"SELECT * FROM {table}"))  # noqa: S608
+
+
+class WriteLock:
+    """A write transaction held from outside tokenwatch: BEGIN IMMEDIATE on SQLite (a backup, an operator's
+    sqlite3 shell); on PostgreSQL the registry row FOR UPDATE, as another host's writer holds it."""
+
+    def __init__(self, url: str) -> None:
+        self._sqlite: sqlite3.Connection | None = None
+        self._pg: psycopg.Connection[tuple[Any, ...]] | None = None
+        if is_sqlite(url):
+            self._sqlite = sqlite3.connect(sqlite_file(url), timeout=10, isolation_level=None,
+                                           check_same_thread=False)
+            self._sqlite.execute("BEGIN IMMEDIATE")
+        else:
+            self._pg = connect(url)
+            self._pg.execute("SELECT revision FROM registry_state WHERE id = 1 FOR UPDATE")
+
+    def release(self) -> None:
+        """Roll the transaction back and close the connection."""
+        if self._sqlite is not None:
+            self._sqlite.execute("ROLLBACK")
+            self._sqlite.close()
+        if self._pg is not None:
+            self._pg.rollback()
+            self._pg.close()
+
+
+def insert_many(url: str, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    """Run one INSERT ("?" placeholders) for every row, in one transaction, on either backend."""
+    if is_sqlite(url):
+        with closing(sqlite3.connect(sqlite_file(url))) as conn, conn:
+            conn.executemany(sql, rows)
+        return
+    with connect(url) as conn, conn.cursor() as cursor:
+        cursor.executemany(sql.replace("?", "%s"), rows)

@@ -14,16 +14,16 @@ from typing import Any, TypeVar
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, inspect, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from tokenwatch.clock import HOUR_MS, now_ms
 from tokenwatch.db import maintenance
-from tokenwatch.db.engine import make_engine, sqlite_path
+from tokenwatch.db.engine import is_sqlite, make_engine, sqlite_path
 from tokenwatch.db.schema import tokens
 from tokenwatch.health import events_since, first_run_ms, last_good, last_phase_ms, runs_since, token_counts
 from tokenwatch.reader import Registry
-from tokenwatch.settings import Settings
+from tokenwatch.settings import Settings, redact_url
 
 T = TypeVar("T")
 
@@ -81,20 +81,23 @@ PROBES = (*maintenance.REGISTRY_PROBES, *READ_API_PROBES, *STATUS_PROBES)
 
 
 def db_check(settings: Settings) -> dict[str, Any]:
-    """Integrity, file sizes, pages, row counts, and the plan of every query the CLI, read API and status run."""
+    """Integrity, sizes, pages, row counts, and the plan of every query the CLI, read API and status run."""
     path = sqlite_path(settings.database_url)
-    if path is None or not os.path.exists(path):
+    if is_sqlite(settings.database_url) and (path is None or not os.path.exists(path)):
         raise FileNotFoundError(f"no registry database at {path}")
     engine = make_engine(settings.database_url)
     try:
         with engine.connect() as conn:
+            if not inspect(conn).has_table(tokens.name):
+                raise FileNotFoundError(f"no registry at {redact_url(settings.database_url)}")
             symbol = conn.execute(select(tokens.c.symbol).limit(1)).scalar() or "XBTUSDTM"
         context = maintenance.ProbeContext(settings.database_url, str(symbol), now_ms(),
                                            int(settings.new_listing_window_h * HOUR_MS))
         plans = maintenance.explain(engine, PROBES, context)
         report: dict[str, Any] = {
-            "database": os.path.abspath(path), "integrity": maintenance.integrity(engine),
-            "files": maintenance.file_sizes(path), "pages": maintenance.page_stats(engine),
+            "database": os.path.abspath(path) if path else redact_url(settings.database_url),
+            "backend": engine.dialect.name, "integrity": maintenance.integrity(engine),
+            "files": maintenance.file_sizes(engine, path), "pages": maintenance.page_stats(engine),
             "rows": maintenance.row_counts(engine), "queries": [plan.to_json() for plan in plans],
         }
     finally:
@@ -110,7 +113,8 @@ def render_db_check(report: dict[str, Any]) -> str:
     lines = [
         f"database: {report['database']}",
         f"integrity: {'; '.join(report['integrity'])}",
-        f"files: db {files['db']:,} bytes, wal {files['wal']:,} bytes, shm {files['shm']:,} bytes",
+        f"files: db {files['db']:,} bytes, wal {files['wal']:,} bytes, shm {files['shm']:,} bytes"
+        if report.get("backend", "sqlite") == "sqlite" else f"size: {files['db']:,} bytes",
         f"pages: {pages['page_count']:,} of {pages['page_size']} bytes, {pages['freelist_count']:,} free",
         "rows: " + ", ".join(f"{table} {count:,}" for table, count in rows.items()),
         "", "query plans:",

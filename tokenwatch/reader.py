@@ -16,10 +16,10 @@ Where a read is served from, in order:
    the cache, which a sync replaces once a minute.
 2. ``redis``: a symbol absent from the snapshot is asked of Redis (it may have been listed since the last
    check). Once the cache has been published, Redis is authoritative: a symbol it does not hold is not listed.
-3. ``database``: the ``tokens`` table, read-only, when Redis is unreachable or has no published cache yet.
-   Contracts read from it carry the listing metadata only: the market data keys (``markPrice``, ...) are
-   absent. Redis is not asked again for ``redis_retry_s`` after a failure, so an outage costs one timeout,
-   not one per read. ``new_listings`` and ``recent_events`` always read the database.
+3. ``database``: the ``tokens`` table (SQLite or PostgreSQL), read-only, when Redis is unreachable or has no
+   published cache yet. Contracts read from it carry the listing metadata only: the market data keys
+   (``markPrice``, ...) are absent. Redis is not asked again for ``redis_retry_s`` after a failure, so an
+   outage costs one timeout, not one per read. ``new_listings`` and ``recent_events`` always read the database.
 
 Every read counts a hit at the layer that served it and a miss at each layer it passed; :meth:`Registry.stats`
 returns the counts, and ``on_access(layer, hit)`` is called for each when given (pass
@@ -49,7 +49,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from tokenwatch.cache import hot, keys
 from tokenwatch.cache.redis_client import RedisConfig, make_redis
 from tokenwatch.clock import HOUR_MS, now_ms
-from tokenwatch.db.engine import BUSY_TIMEOUT_MS, sqlite_path
+from tokenwatch.db.engine import BUSY_TIMEOUT_MS, is_sqlite, make_engine, sqlite_path
 from tokenwatch.db.queries import history, list_tokens
 from tokenwatch.db.schema import tokens
 from tokenwatch.domain.contracts import METADATA_COLUMNS
@@ -82,7 +82,10 @@ def contract_from_row(row: Mapping[Any, Any]) -> Contract:
 
 
 def _read_only_engine(database_url: str) -> Engine:
-    """An engine that opens the SQLite file read-only: a reader never creates or writes the registry."""
+    """An engine that opens the SQLite file read-only, or PostgreSQL in read-only transactions: a reader never
+    creates or writes the registry."""
+    if not is_sqlite(database_url):
+        return make_engine(database_url).execution_options(postgresql_readonly=True)
     path = sqlite_path(database_url)
     if path is None:
         raise ConfigError("the reader needs an sqlite file URL; an in-memory database is private to its process")
@@ -310,7 +313,7 @@ class Registry:
             self._count(DATABASE, False)
             detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
             raise RegistryUnavailableError(
-                f"registry database {self.database_url} unreadable: {detail}") from exc
+                f"registry database {redact_url(self.database_url)} unreadable: {detail}") from exc
         if count:
             self._count(DATABASE, True)
         return result

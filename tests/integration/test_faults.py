@@ -1,8 +1,9 @@
 """The fault suite: one test per fault, each against the real stack, asserting the exact registry state after.
 
 Real Redis server (session fixture), real Celery worker processes where the fault concerns the task path,
-real SQLite files, the simulator as the exchange. ``tests/invariants.py`` checks the registry after every test.
-Setups that are not under test (a baseline, a staged plan) run the same pipeline functions in this process.
+a real SQLite file or PostgreSQL database (every test runs on each), the simulator as the exchange.
+``tests/invariants.py`` checks the registry after every test. Setups that are not under test (a baseline, a
+staged plan) run the same pipeline functions in this process.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pytest
 import redis
 import requests
 
+from tests import databases
 from tests.conftest import ROOT, Stack
 from tests.invariants import check_invariants
 from tests.steps_support import run_steps, step_context
@@ -38,7 +40,9 @@ from tokenwatch.simulator import Simulator
 from tokenwatch.simulator import server as sim_server
 from tokenwatch.syncstate import SyncState, new_sync_id
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("database_url")]
+# The checker's own test breaks a copy of an SQLite file: it tests the checker, not the backend.
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 CONTRACTS = 100
 ACTIVE_PATH = "/api/v1/contracts/active"
@@ -74,7 +78,7 @@ def _invariants(stack: Stack, redis_client: redis.Redis) -> Iterator[None]:
     """
     yield
     try:
-        check_invariants(stack.db_path, redis_client)
+        check_invariants(stack.database_url, redis_client)
     finally:
         for process in stack.processes:
             if process.poll() is None:
@@ -102,8 +106,8 @@ def baseline(stack: Stack, sim: Simulator) -> None:
 
 
 def dump(stack: Stack, tables: tuple[str, ...] = TABLES) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of the tables, in a stable order."""
-    return {t: stack.query(f"SELECT * FROM {t} ORDER BY rowid") for t in tables}  # noqa: S608
+    """Every row of the tables, in a stable order (by key)."""
+    return {t: stack.query(f"SELECT * FROM {t} ORDER BY 1") for t in tables}  # noqa: S608
 
 
 def cache(stack: Stack) -> tuple[int | None, dict[str, bytes]]:
@@ -169,11 +173,9 @@ def finish_cli_sync(process: subprocess.Popen[str], timeout: float = 60) -> dict
     return outcome
 
 
-def hold_write_lock(stack: Stack) -> sqlite3.Connection:
-    """A write transaction held from outside tokenwatch (what a backup or an operator's sqlite3 shell does)."""
-    con = sqlite3.connect(stack.db_path, timeout=10, isolation_level=None, check_same_thread=False)
-    con.execute("BEGIN IMMEDIATE")
-    return con
+def hold_write_lock(stack: Stack) -> databases.WriteLock:
+    """A write transaction held from outside tokenwatch (tests/databases.py says what, per backend)."""
+    return databases.WriteLock(stack.database_url)
 
 
 def staged_plans(stack: Stack) -> list[bytes]:
@@ -182,9 +184,7 @@ def staged_plans(stack: Stack) -> list[bytes]:
 
 def rows(stack: Stack, table: str = "tokens") -> dict[str, dict[str, Any]]:
     """Token rows by symbol, as column -> value (table "tokens_live" resolves last_seen)."""
-    with closing(sqlite3.connect(stack.db_path)) as con:
-        con.row_factory = sqlite3.Row
-        return {r["symbol"]: dict(r) for r in con.execute(f"SELECT * FROM {table}")}  # noqa: S608
+    return {r["symbol"]: r for r in databases.dict_rows(stack.database_url, f"SELECT * FROM {table}")}  # noqa: S608
 
 
 def last_fetched_at(stack: Stack) -> int:
@@ -644,8 +644,7 @@ def test_bad_records_are_skipped_and_counted_and_never_echoed(stack: Stack, sim:
     ) in log
     for raw in (SQL_SYMBOL, "DROP TABLE", "\x1b", "EVIL", "NOBASEUSDTM", "WRONGTYPEUSDTM", "ABSURDUSDTM"):
         assert raw not in log, f"{raw!r} in the worker log"
-    with closing(sqlite3.connect(stack.db_path)) as con:
-        database = "\n".join(con.iterdump())
+    database = databases.as_text(stack.database_url, TABLES)
     for raw in (SQL_SYMBOL, "DROP TABLE", "\x1b", "EVIL", "NOBASEUSDTM", "WRONGTYPEUSDTM", "ABSURDUSDTM"):
         assert raw not in database, f"{raw!r} in the database"
         assert raw.encode() not in redis_text(stack.redis), f"{raw!r} in Redis"
@@ -669,8 +668,7 @@ def test_database_locked_for_a_few_seconds_the_write_retries_and_succeeds(stack:
     try:
         wait_log(stack, LOCK_RETRY_LOG)  # the write waited out the 2 s busy timeout once, and retries
     finally:
-        holder.execute("ROLLBACK")
-        holder.close()
+        holder.release()
         held = time.monotonic() - locked_at
     outcome = finish_cli_sync(process)
 
@@ -696,14 +694,18 @@ def test_database_locked_past_the_retry_bound_fails_the_sync_and_leaves_nothing_
     holder = hold_write_lock(stack)
     process = start_cli_sync(stack)
     try:
-        # The write's five retries (about 20 s: 2 s busy timeout each, 0.25..4 s backoff) all meet the lock;
-        # the failure is then recorded through the same retry loop, which starts over at attempt 1.
-        wait_log(stack, LOCK_RETRY_LOG, count=6, timeout=40)
-        assert [a for _, a in re.findall(LOCK_RETRY_LOG, log_text(stack))] == ["1", "2", "3", "4", "5", "1"]
-        assert stack.query("SELECT count(*) FROM sync_runs") == [(1,)]  # nothing recorded while locked
+        # The write's five retries (about 20 s: 2 s busy (lock) timeout each, 0.25..4 s backoff) all meet the
+        # lock. On SQLite the failure is then recorded through the same retry loop, which starts over at
+        # attempt 1; on PostgreSQL the holder locks only the registry row, so the failure is recorded at once.
+        attempts = ["1", "2", "3", "4", "5", "1"] if stack.sqlite else ["1", "2", "3", "4", "5"]
+        wait_log(stack, LOCK_RETRY_LOG, count=len(attempts), timeout=40)
+        if stack.sqlite:
+            assert stack.query("SELECT count(*) FROM sync_runs") == [(1,)]  # nothing recorded while locked
+        else:
+            wait_until(lambda: stack.query("SELECT count(*) FROM sync_runs") == [(2,)], what="the failure recorded")
+        assert [a for _, a in re.findall(LOCK_RETRY_LOG, log_text(stack))] == attempts
     finally:
-        holder.execute("ROLLBACK")
-        holder.close()
+        holder.release()
     outcome = finish_cli_sync(process)
 
     error = "registry write failed and was rolled back: database is locked"
@@ -727,8 +729,7 @@ def test_database_locked_at_a_fresh_worker_s_first_write_is_retried_too(stack: S
         # Retried like any write (or, before the fix, the task raised: then release and fail below).
         wait_log(stack, LOCK_RETRY_LOG + "|raised unexpected: OperationalError")
     finally:
-        holder.execute("ROLLBACK")
-        holder.close()
+        holder.release()
     outcome = finish_cli_sync(process)
 
     assert (outcome["status"], outcome["error"]) == ("ok", None)
@@ -766,8 +767,7 @@ def test_worker_child_killed_mid_write_is_redelivered_and_applied_once(stack: St
         os.kill(child, signal.SIGKILL)
         wait_log(stack, r"signal 9 \(SIGKILL\)")
     finally:
-        holder.execute("ROLLBACK")
-        holder.close()
+        holder.release()
     outcome = finish_cli_sync(process)
 
     received = re.findall(r"Task tokenwatch\.write_batch\[([0-9a-f-]+)\] received", log_text(stack))
@@ -853,7 +853,7 @@ def test_beat_backlog_while_workers_are_down_does_not_replay_on_recovery(stack: 
     assert len(statuses) == runs
     # No sync ran, so none recorded a run. The database itself may exist: a check-alerts tick sent just before
     # beat stopped can still be young enough to run, and reading the status creates the schema.
-    if not runs and stack.db_path.exists():
+    if not runs and stack.registry_exists():
         wait_until(lambda: re.search(r"Task tokenwatch\.check_alerts\[[^]]+\] succeeded", log_text(stack)),
                    timeout=15, what="the check-alerts tick that created the database")
         assert stack.query("SELECT count(*) FROM sync_runs") == [(0,)]
@@ -885,7 +885,7 @@ def test_pickled_task_message_is_refused_by_the_worker(stack: Stack, sim: Simula
     assert isinstance(sent, str)
     assert not marker.exists()
     assert stack.redis.llen("fetch") == 0  # dropped, not requeued in a loop
-    assert not stack.db_path.exists()  # nothing ran: no sync touched the registry
+    assert not stack.registry_exists()  # nothing ran: no sync touched the registry
     assert "Task tokenwatch.sync[" not in log_text(stack)
     assert stack.sync()["status"] == "baseline"  # the worker is alive and runs JSON tasks
     assert stack.query("SELECT count(*) FROM sync_runs") == [(1,)]
@@ -957,6 +957,7 @@ BROKEN: dict[str, tuple[str, str | None, str]] = {
 }
 
 
+@SQLITE_ONLY
 @pytest.mark.parametrize("case", list(BROKEN))
 def test_invariant_checker_names_each_broken_invariant(stack: Stack, sim: Simulator, case: str,
                                                          redis_server: EmbeddedRedis, tmp_path: Path) -> None:

@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 
+from tests import databases
 from tests.conftest import Stack
+from tokenwatch.settings import redact_url
 from tokenwatch.simulator import Simulator
 
 DAY_MS = 86_400_000
@@ -25,7 +27,7 @@ PROBES = {
     "status: tokens by status", "status: last good sync", "status: syncs of the last hour", "status: first sync",
     "status: last timing of each phase", "metrics: new history events by type",
 }
-WHOLE_TABLE = re.compile(r"^SCAN (TABLE )?(tokens|token_history)$")
+WHOLE_TABLE = re.compile(r"^(SCAN (TABLE )?|(->\s+)?Seq Scan on )(tokens|token_history)$")  # SQLite, PostgreSQL
 
 
 @pytest.fixture
@@ -62,21 +64,27 @@ def assert_every_query_uses_an_index(report: dict[str, Any]) -> None:
             assert whole == [], query
             assert query["verdict"] in ("index", "small table"), query
     diff_load = [q["plan"] for q in report["queries"] if q["probe"] == "diff: load the registry"]
-    assert ["SCAN tokens"] in diff_load  # listed as what it is: the one full read per sync
+    # Listed as what it is: the one full read per sync.
+    assert ["SCAN tokens"] in diff_load or ["Seq Scan on tokens"] in diff_load
     assert report["full_scans"] == []
 
 
 @pytest.mark.integration
+@pytest.mark.usefixtures("database_url")  # on SQLite and PostgreSQL
 def test_db_check_reports_integrity_sizes_rows_and_the_plan_of_every_query(stack: Stack, sim: Simulator) -> None:
     fill(stack, sim)
     report = db_check(stack)
     assert report["ok"] is True
     assert report["integrity"] == ["ok"]
-    assert report["database"] == str(stack.db_path)
-    assert report["files"]["db"] == stack.db_path.stat().st_size > 0
-    wal = stack.db_path.with_name("tokens.db-wal")
-    assert report["files"]["wal"] == (wal.stat().st_size if wal.exists() else 0)
-    assert report["pages"]["page_size"] * report["pages"]["page_count"] == report["files"]["db"]
+    if stack.sqlite:
+        assert report["database"] == str(stack.db_path)
+        assert report["files"]["db"] == stack.db_path.stat().st_size > 0
+        wal = stack.db_path.with_name("tokens.db-wal")
+        assert report["files"]["wal"] == (wal.stat().st_size if wal.exists() else 0)
+        assert report["pages"]["page_size"] * report["pages"]["page_count"] == report["files"]["db"]
+    else:
+        assert report["database"] == redact_url(stack.database_url)
+        assert report["files"]["db"] == stack.query("SELECT pg_database_size(current_database())")[0][0] > 0
     assert report["rows"] == {
         "tokens": stack.query("SELECT count(*) FROM tokens")[0][0],
         "token_history": stack.query("SELECT count(*) FROM token_history")[0][0],
@@ -88,7 +96,8 @@ def test_db_check_reports_integrity_sizes_rows_and_the_plan_of_every_query(stack
     text = stack.tokenwatch("db", "check")
     assert text.returncode == 0
     assert "integrity: ok" in text.stdout
-    assert "[full read (deliberate)] diff: load the registry: SCAN tokens" in text.stdout
+    scan = "SCAN tokens" if stack.sqlite else "Seq Scan on tokens"
+    assert f"[full read (deliberate)] diff: load the registry: {scan}" in text.stdout
     assert "FULL SCAN" not in text.stdout
     assert text.stdout.rstrip().endswith("ok")
 
@@ -106,13 +115,13 @@ def _old_runs(stack: Stack, count: int, age_days: float) -> list[tuple[Any, ...]
 
 
 @pytest.mark.integration
+@pytest.mark.usefixtures("database_url")  # on SQLite and PostgreSQL
 def test_maintenance_tasks_run_on_the_db_queue_and_prune_old_sync_runs(stack: Stack, sim: Simulator) -> None:
     fill(stack, sim)
     history = stack.query("SELECT count(*) FROM token_history")[0][0]
     assert history == 5
-    with sqlite3.connect(stack.db_path) as conn:
-        conn.executemany("INSERT INTO sync_runs (sync_id, started_at, finished_at, status, error) "
-                         "VALUES (?, ?, ?, ?, ?)", _old_runs(stack, 3_000, 40) + _old_runs(stack, 2, 10))
+    databases.insert_many(stack.database_url, "INSERT INTO sync_runs (sync_id, started_at, finished_at, status, "
+                          "error) VALUES (?, ?, ?, ?, ?)", _old_runs(stack, 3_000, 40) + _old_runs(stack, 2, 10))
     assert stack.query("SELECT count(*) FROM sync_runs") == [(3_005,)]
 
     # Sent with no worker running: all three wait on the db queue, none on fetch.
@@ -135,10 +144,17 @@ def test_maintenance_tasks_run_on_the_db_queue_and_prune_old_sync_runs(stack: St
     assert stack.query("SELECT count(*) FROM sync_runs") == [(5,)]
     assert stack.query("SELECT count(*) FROM token_history") == [(history,)]
     assert "pruned 3000 sync_runs rows older than 30 days" in log
-    vacuum = re.search(r"database vacuum: (\d+) free pages given back", log)
-    assert vacuum is not None and int(vacuum.group(1)) > 50, log[-3000:]
-    assert stack.query("PRAGMA freelist_count") == [(0,)]
-    assert stack.query("SELECT count(*) FROM sqlite_stat1 WHERE tbl = 'tokens'")[0][0] >= 1
+    if stack.sqlite:
+        vacuum = re.search(r"database vacuum: (\d+) free pages given back", log)
+        assert vacuum is not None and int(vacuum.group(1)) > 50, log[-3000:]
+        assert stack.query("PRAGMA freelist_count") == [(0,)]
+        assert stack.query("SELECT count(*) FROM sqlite_stat1 WHERE tbl = 'tokens'")[0][0] >= 1
+    else:
+        assert re.search(r"database vacuum \(PostgreSQL\): \d+ -> \d+ bytes", log), log[-3000:]
+        # Vacuumed (the pruned rows' space reusable) and analysed: statistics of the registry's tables.
+        assert stack.query("SELECT count(*) FROM pg_stat_user_tables WHERE relname = 'sync_runs' AND "
+                           "last_vacuum IS NOT NULL") == [(1,)]
+        assert stack.query("SELECT count(*) FROM pg_stats WHERE tablename = 'tokens'")[0][0] >= 1
     assert "database analysed in" in log
     assert (stack.redis.llen("db"), stack.redis.llen("fetch")) == (0, 0)
 

@@ -1,10 +1,13 @@
 """Upgrades in place: the schema through Alembic migrations, from a registry tokenwatch 0.1.0 wrote.
 
-tests/fixtures/registry-0.1.0.sqlite was written by 0.1.0 itself (see tests/fixtures/README.md).
+tests/fixtures/registry-0.1.0.sqlite was written by 0.1.0 itself (see tests/fixtures/README.md). The upgrade is
+tested on both backends: on PostgreSQL, from a database shaped as 0.1.0's schema (the first migration, without
+a version table) holding the fixture's rows.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from contextlib import closing
@@ -12,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import JSON, Boolean, MetaData, text
 
+from tests import databases
 from tests.conftest import ROOT, Stack
 from tokenwatch.db import migrate
 from tokenwatch.db.engine import make_engine
@@ -25,9 +30,8 @@ FIXTURE = ROOT / "tests" / "fixtures" / "registry-0.1.0.sqlite"
 TABLES = ("tokens", "token_history", "sync_runs", "registry_state")
 
 
-def query(path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    with closing(sqlite3.connect(path)) as conn:
-        return list(conn.execute(sql, params))
+def query(url: str | Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    return databases.query(url if isinstance(url, str) else f"sqlite:///{url}", sql, *params)
 
 
 def shape(path: Path) -> dict[str, Any]:
@@ -42,11 +46,43 @@ def shape(path: Path) -> dict[str, Any]:
     return found
 
 
+def load_0_1_0_into_postgres(url: str) -> None:
+    """The fixture's registry on PostgreSQL as 0.1.0's schema would hold it: the tables of the first migration
+    (no version table: 0.1.0 kept none), every row of the fixture, the history id sequence past its last id."""
+    engine = make_engine(url, writer=True)
+    try:
+        with engine.begin() as connection:
+            migrate.command.upgrade(migrate._config(connection), migrate.RELEASE_0_1_0)
+            connection.execute(text("DROP TABLE alembic_version"))
+            connection.execute(text("DELETE FROM registry_state"))
+            tables = MetaData()
+            tables.reflect(connection, only=TABLES)
+            with closing(sqlite3.connect(FIXTURE)) as source:
+                source.row_factory = sqlite3.Row
+                for name in TABLES:
+                    table = tables.tables[name]
+                    rows = [dict(row) for row in source.execute(f"SELECT * FROM {name}")]  # noqa: S608
+                    for column in table.columns:  # sqlite3 gives booleans as 0/1 and JSON as its text
+                        convert = bool if isinstance(column.type, Boolean) else json.loads if isinstance(
+                            column.type, JSON) else None
+                        for row in rows if convert else ():
+                            row[column.name] = None if row[column.name] is None else convert(row[column.name])
+                    if rows:
+                        connection.execute(table.insert(), rows)
+            connection.execute(text(
+                "SELECT setval('token_history_id_seq', (SELECT max(id) FROM token_history))"))
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture
-def old_registry(tmp_path: Path) -> Path:
-    copy = tmp_path / "tokens.db"
-    shutil.copyfile(FIXTURE, copy)
-    return copy
+def old_registry(tmp_path: Path, database_url: str) -> str:
+    """The 0.1.0 registry of the fixture, on each backend in turn; its URL."""
+    if databases.is_sqlite(database_url):
+        shutil.copyfile(FIXTURE, databases.sqlite_file(database_url))
+    else:
+        load_0_1_0_into_postgres(database_url)
+    return database_url
 
 
 def test_the_first_migration_is_the_schema_0_1_0_created(tmp_path: Path) -> None:
@@ -57,8 +93,11 @@ def test_the_first_migration_is_the_schema_0_1_0_created(tmp_path: Path) -> None
     assert shape(tmp_path / "fresh.db") == shape(FIXTURE)
 
 
-def test_a_0_1_0_registry_is_refused_until_upgraded_then_keeps_everything(stack: Stack, old_registry: Path) -> None:
-    stack.env["TOKENWATCH_DATABASE_URL"] = f"sqlite:///{old_registry}"
+def test_a_0_1_0_registry_is_refused_until_upgraded_then_keeps_everything(stack: Stack, old_registry: str) -> None:
+    assert stack.database_url == old_registry
+    for table in ("tokens", "token_history", "sync_runs"):  # on PostgreSQL too: every row of the fixture is there
+        assert query(old_registry, f"SELECT count(*) FROM {table}") == query(  # noqa: S608
+            FIXTURE, f"SELECT count(*) FROM {table}") != [(0,)], table  # noqa: S608
     before = {table: query(old_registry, f"SELECT * FROM {table} ORDER BY 1") for table in TABLES}  # noqa: S608
 
     refused = stack.tokenwatch("tokens")
@@ -85,12 +124,11 @@ def test_a_0_1_0_registry_is_refused_until_upgraded_then_keeps_everything(stack:
     assert listed.returncode == 0 and listed.stdout.count('"symbol"') == 26
 
 
-def test_the_next_sync_of_the_unchanged_exchange_writes_no_event(stack: Stack, old_registry: Path) -> None:
-    stack.env["TOKENWATCH_DATABASE_URL"] = f"sqlite:///{old_registry}"
+def test_the_next_sync_of_the_unchanged_exchange_writes_no_event(stack: Stack, old_registry: str) -> None:
+    assert stack.database_url == old_registry
     assert stack.tokenwatch("db", "upgrade").returncode == 0
-    with closing(sqlite3.connect(old_registry)) as conn:
-        conn.row_factory = sqlite3.Row
-        active = [contract_from_row(row) for row in conn.execute("SELECT * FROM tokens WHERE status = 'active'")]
+    active = [contract_from_row(row)
+              for row in databases.dict_rows(old_registry, "SELECT * FROM tokens WHERE status = 'active'")]
     events_before = query(old_registry, "SELECT count(*) FROM token_history")
     with Simulator(port=0, contracts=0) as sim:
         assert sim.load(active) == 26  # the exchange as the registry last saw it
@@ -102,3 +140,5 @@ def test_the_next_sync_of_the_unchanged_exchange_writes_no_event(stack: Stack, o
     assert {k: outcome["counts"][k] for k in changes} == dict.fromkeys(changes, 0)
     assert query(old_registry, "SELECT count(*) FROM token_history") == events_before
     assert query(old_registry, "SELECT revision FROM registry_state") == [(6,)]
+    runs_0_1_0 = len(query(FIXTURE, "SELECT * FROM sync_runs"))
+    assert query(old_registry, "SELECT count(*) FROM sync_runs") == [(runs_0_1_0 + 1,)]  # every run kept, one more

@@ -37,6 +37,7 @@ def _per_call_us(action: Any, rounds: int) -> float:
     return (time.perf_counter() - started) / rounds * 1e6
 
 
+@pytest.mark.usefixtures("database_url")  # on SQLite and PostgreSQL
 def test_registry_reads_the_synced_cache_and_the_database(stack: Stack) -> None:
     with Simulator(port=0, contracts=100, seed=11) as sim:
         stack.env["TOKENWATCH_KUCOIN_URL"] = sim.url
@@ -98,6 +99,7 @@ def test_registry_reads_the_synced_cache_and_the_database(stack: Stack) -> None:
         }
 
 
+@pytest.mark.usefixtures("database_url")  # on SQLite and PostgreSQL
 def test_registry_survives_redis_stopping_and_coming_back_empty(stack: Stack, tmp_path: Path) -> None:
     own = EmbeddedRedis(str(tmp_path / "r" / "redis.sock"), str(tmp_path / "r")).start()
     try:

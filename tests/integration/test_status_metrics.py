@@ -68,6 +68,7 @@ def celery_call(stack: Stack, task: str) -> None:
     assert stack.processes[-1].wait(30) == 0
 
 
+@pytest.mark.usefixtures("database_url")  # on SQLite and PostgreSQL
 def test_status_after_real_syncs_and_alerts_raised_and_cleared_once(stack: Stack, sim: Simulator) -> None:
     stack.env["TOKENWATCH_KUCOIN_URL"] = sim.url
     # The worker's own thresholds: its check_alerts task sees every write as slow.
@@ -87,7 +88,7 @@ def test_status_after_real_syncs_and_alerts_raised_and_cleared_once(stack: Stack
     assert code == 0, (report["alerts"], stderr)
     assert report["alerts"] == []
     db_counts = dict(stack.query("SELECT status, count(*) FROM tokens GROUP BY status"))
-    new = stack.query("SELECT count(*) FROM tokens WHERE is_new = 1")[0][0]
+    new = stack.query("SELECT count(*) FROM tokens WHERE is_new")[0][0]
     assert report["tokens"] == {"active": db_counts["active"], "delisted": db_counts["delisted"], "new": new}
     assert new == len(listed) == 2
     assert (report["tokens"]["active"], report["tokens"]["delisted"]) == (121, 1)

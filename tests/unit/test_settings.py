@@ -88,6 +88,17 @@ def test_bad_value_is_a_one_line_config_error_naming_the_variable(
     assert "\n" not in message
 
 
+def test_database_url_is_sqlite_or_postgresql_through_psycopg(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "postgresql+psycopg://tw:secret@db.internal:5432/tokens"
+    monkeypatch.setenv("TOKENWATCH_DATABASE_URL", url)
+    assert load_settings().database_url == url
+    monkeypatch.setenv("TOKENWATCH_DATABASE_URL", "mysql://tw:secret@db/tokens")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value) == ("invalid TOKENWATCH_DATABASE_URL: Value error, must be an sqlite:/// or "
+                               "postgresql+psycopg:// URL")
+
+
 def test_config_error_does_not_echo_a_password(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOKENWATCH_REDIS_URL", "http://user:secret@cache:6379/0")
     with pytest.raises(ConfigError, match="TOKENWATCH_REDIS_URL") as info:
