@@ -23,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -48,8 +49,9 @@ FLAT_PCT = 10.0  # memory counts as flat while the last window is within this mu
 SETTLE_SYNCS = 20  # a node's readings this many syncs after its start are warm-up, left out of the windows
 READY_TIMEOUT_S = 120.0
 GONE_TIMEOUT_S = 60.0
-SYNC_TIMEOUT_S = 120.0
-MAX_ATTEMPTS = 30  # one scripted step may take this many triggers before the soak gives up on it
+# A node killed inside a sync leaves the sync lock to a sync that is gone: the next syncs are skipped until its
+# heartbeat lapses (up to the handoff's 60 s), so a step is given this long before the soak gives up on it.
+GIVE_UP_S = 600.0
 
 
 # ---- pure parts: the churn planner, the ledger of expected events, the verification --------------------------
@@ -282,13 +284,15 @@ class Node:
         except psutil.NoSuchProcess:
             return []
 
-    def kill(self) -> float:
-        """SIGKILL the run process (its children go by their parent-death signal); wait for all of them to be
-        gone and return how long that took."""
+    def kill(self, whole_tree: bool = False) -> float:
+        """SIGKILL the run process (its children go by their parent-death signal), or with whole_tree every
+        process of the node at once, as a lost host; wait for all of them to be gone, return how long that took."""
         assert self.process is not None
         started = time.monotonic()
         tree = self.tree()
-        self.process.send_signal(signal.SIGKILL)
+        for proc in tree if whole_tree else tree[:1]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.send_signal(signal.SIGKILL)
         self.process.wait()
         _gone, alive = psutil.wait_procs(tree, timeout=GONE_TIMEOUT_S)
         if alive:
@@ -348,7 +352,7 @@ class Run:
     attempts: int = 0
     statuses: Counter[str] = field(default_factory=Counter)
     sync_wall_ms: list[float] = field(default_factory=list)
-    sync_total_ms: list[float] = field(default_factory=list)
+    phases_ms: dict[str, list[float]] = field(default_factory=dict)  # the accepted syncs' own phase timings
     samples: list[Sample] = field(default_factory=list)
     restarts: list[tuple[int, str, float]] = field(default_factory=list)  # (after sync, node, seconds to gone)
     errors: Counter[str] = field(default_factory=Counter)
@@ -385,31 +389,63 @@ def _trigger(timeout_s: float) -> tuple[str, dict[str, Any], str | None]:
     from tokenwatch.syncstate import new_sync_id
     from tokenwatch.tasks.sync import sync_chain, wait_for_outcome
 
+    result = sync_chain(new_sync_id()).apply_async(expires=timeout_s)
     try:
-        payload = wait_for_outcome(sync_chain(new_sync_id()).apply_async(expires=timeout_s), timeout_s)
+        payload = wait_for_outcome(result, timeout_s)
     except CeleryTimeout:
         return "failed", {}, f"no outcome within {timeout_s:g} s"
     except Exception as exc:  # a step raised: counted by its one line, the soak goes on
         return "failed", {}, one_line(exc)
+    finally:
+        # Stop listening for it now, while Redis runs: left to the result's finaliser, that happens at exit,
+        # after the soak's Redis is gone, and prints a traceback.
+        result.backend.remove_pending_result(result)
     return str(payload["status"]), dict(payload.get("timings_ms") or {}), payload.get("error")
 
 
-def _sync_until_ok(run: Run, accepted: frozenset[str]) -> None:
+def _sync_until_ok(run: Run, accepted: frozenset[str], timeout_s: float) -> None:
     """Trigger syncs until one ends in an accepted status; every other outcome is counted, then retried."""
-    for _ in range(MAX_ATTEMPTS):
+    deadline = time.monotonic() + GIVE_UP_S
+    while time.monotonic() < deadline:
         run.attempts += 1
         started = time.perf_counter()
-        status, timings, error = _trigger(SYNC_TIMEOUT_S)
+        status, timings, error = _trigger(timeout_s)
         run.statuses[status] += 1
         if status in accepted:
             run.sync_wall_ms.append(1000.0 * (time.perf_counter() - started))
-            run.sync_total_ms.append(float(timings.get("total", 0.0)))
+            for phase, ms in timings.items():
+                run.phases_ms.setdefault(phase, []).append(float(ms))
             return
         if error:
             run.errors[error[:120]] += 1
-        time.sleep(0.5 if status == "skipped" else 1.0)
-    raise SystemExit(f"nodes_soak: no accepted sync in {MAX_ATTEMPTS} attempts; last errors: "
+        time.sleep(1.0)
+    raise SystemExit(f"nodes_soak: no accepted sync within {GIVE_UP_S:g} s; errors met: "
                      f"{_show(list(run.errors))}")
+
+
+class Killer(threading.Thread):
+    """Kills a node after a delay, from beside the sync the main thread is waiting on."""
+
+    def __init__(self, node: Node, delay_s: float, whole_tree: bool) -> None:
+        super().__init__(name=f"kill-{node.name}", daemon=True)
+        self.node, self.delay_s, self.whole_tree = node, delay_s, whole_tree
+        self.gone_s: float | None = None
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        time.sleep(self.delay_s)
+        try:
+            self.gone_s = self.node.kill(self.whole_tree)
+        except BaseException as exc:  # handed to the main thread, which raises it
+            self.failure = exc
+
+    def result(self) -> float:
+        """Seconds the node took to be gone, once the thread is done; its failure raised."""
+        self.join()
+        if self.failure is not None:
+            raise self.failure
+        assert self.gone_s is not None
+        return self.gone_s
 
 
 def _wait_ready(node: Node) -> None:
@@ -482,9 +518,10 @@ def soak(args: argparse.Namespace, database_url: str, redis_url: str, workdir: P
         for node in nodes:
             node.start(0)
             _wait_ready(node)
-        _sync_until_ok(run, frozenset({"ok", "baseline"}))  # the baseline (or the nodes' first sync did it)
+        # The baseline, or an ok sync when the nodes' own first sync made it.
+        _sync_until_ok(run, frozenset({"ok", "baseline"}), args.sync_timeout)
         run.sync_wall_ms.clear()
-        run.sync_total_ms.clear()
+        run.phases_ms.clear()
         sample_every = max(1, min(args.sample_every, args.restart_every))
         for step in range(1, args.syncs + 1):
             paused = [s for s in sim.symbols() if sim.contract(s)["status"] == "Paused"]
@@ -492,24 +529,32 @@ def soak(args: argparse.Namespace, database_url: str, redis_url: str, workdir: P
             churn = plan_churn(rng, open_symbols, paused, args.contracts, args.churn_pct)
             apply_churn(sim, churn, ledger)
             sim.tick(args.tick_fraction)
-            _sync_until_ok(run, frozenset({"ok"}))
+            restart = step % args.restart_every == 0 and step < args.syncs
+            victim = nodes[(step // args.restart_every - 1) % len(nodes)]
+            killer: Killer | None = None
+            if restart and args.kill_in_flight:
+                # Somewhere inside this step's sync: the recent median is about how long one takes.
+                recent = run.sync_wall_ms[-20:] or [500.0]
+                killer = Killer(victim, rng.uniform(0.0, statistics.median(recent) / 1000.0), args.kill_tree)
+                killer.start()
+            _sync_until_ok(run, frozenset({"ok"}), args.sync_timeout)
+            if restart:
+                gone_s = killer.result() if killer is not None else victim.kill(args.kill_tree)
+                run.restarts.append((step, victim.name, gone_s))
+                victim.start(step)
+                _wait_ready(victim)
             if step % sample_every == 0:
                 for node in nodes:
                     tree_mb, pool_mb = node.rss_mb()
                     run.samples.append(Sample(step, node.name, node.generation, step - node.started_at_sync,
                                               tree_mb, pool_mb))
-            if step % args.restart_every == 0 and step < args.syncs:
-                node = nodes[(step // args.restart_every - 1) % len(nodes)]
-                gone_s = node.kill()
-                run.restarts.append((step, node.name, gone_s))
-                node.start(step)
-                _wait_ready(node)
-            if step % max(1, args.syncs // 20) == 0:
-                print(f"  sync {step}/{args.syncs}: {run.attempts} attempts, median "
-                      f"{statistics.median(run.sync_wall_ms):.0f} ms, {ledger.total()} events scripted",
+            every = max(1, args.syncs // 20)
+            if step % every == 0:
+                print(f"  sync {step}/{args.syncs}: {run.attempts} attempts, last {every} syncs' median "
+                      f"{statistics.median(run.sync_wall_ms[-every:]):.0f} ms, {ledger.total()} events scripted",
                       file=sys.stderr, flush=True)
         # Settle: one more sync of the unchanged exchange must find nothing to write.
-        _sync_until_ok(run, frozenset({"ok"}))
+        _sync_until_ok(run, frozenset({"ok"}), args.sync_timeout)
         seen = _observe(database_url, redis_url, sim)
     finally:
         for node in nodes:
@@ -530,11 +575,13 @@ def report(args: argparse.Namespace, run: Run, ledger: Ledger, seen: Observed, m
     statuses = ", ".join(f"{k} {v}" for k, v in sorted(run.statuses.items()))
     lines = [
         f"nodes soak: {args.syncs} syncs of {args.contracts} contracts, {args.churn_pct:g}% churn per sync, "
-        f"2 nodes on PostgreSQL, one killed every {args.restart_every} syncs",
+        f"2 nodes on PostgreSQL, one killed ({'every process' if args.kill_tree else 'tokenwatch run'}, "
+        f"{'during' if args.kill_in_flight else 'after'} a sync) every {args.restart_every} syncs",
         f"  attempts {run.attempts} ({statuses})",
         f"  per sync (trigger to outcome): median {statistics.median(run.sync_wall_ms):.0f} ms, p95 "
-        f"{percentile(run.sync_wall_ms, 95):.0f} ms; pipeline total median "
-        f"{statistics.median(run.sync_total_ms):.0f} ms",
+        f"{percentile(run.sync_wall_ms, 95):.0f} ms",
+        "  pipeline phases, median: " + ", ".join(f"{phase} {statistics.median(values):.1f} ms"
+                                                  for phase, values in run.phases_ms.items()),
         f"  events checked {ledger.total()} (history {len(seen.history)}, stream {len(seen.stream)}); "
         f"active {len(seen.active)}, cached {len(seen.cache)}, listed {len(seen.answer)}",
         f"  restarts {len(run.restarts)}: " + ", ".join(f"{n} after {s} ({g:.1f} s to gone)"
@@ -555,6 +602,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--contracts", type=int, default=5000)
     parser.add_argument("--churn-pct", type=float, default=2.0, help="contracts changed before each sync, in %%")
     parser.add_argument("--restart-every", type=int, default=100, help="SIGKILL and restart a node every N syncs")
+    parser.add_argument("--kill-in-flight", action="store_true",
+                        help="kill the node while the restart step's sync runs, not after it")
+    parser.add_argument("--kill-tree", action="store_true",
+                        help="SIGKILL every process of the node at once (a lost host), not only tokenwatch run")
+    parser.add_argument("--sync-timeout", type=float, default=60.0,
+                        help="seconds to wait for one sync's outcome before triggering another")
     parser.add_argument("--sample-every", type=int, default=10, help="read the nodes' RSS every N syncs")
     parser.add_argument("--tick-fraction", type=float, default=1.0, help="market data moved on this share")
     parser.add_argument("--sync-interval", type=float, default=3600.0,
