@@ -135,6 +135,8 @@ class Observed:
     cache: set[str]  # HKEYS tokenwatch:tokens
     active: dict[str, tuple[str, Meta]]  # active rows: symbol -> (contract status, metadata)
     answer: dict[str, tuple[str, Meta]]  # the exchange's last answer, parsed the way a sync parses it
+    redis_mb: float = 0.0  # Redis's used memory
+    database_mb: float = 0.0  # pg_database_size
 
 
 def _show(items: Sequence[object] | AbstractSet[object]) -> str:
@@ -475,6 +477,7 @@ def _observe(database_url: str, redis_url: str, sim: Simulator) -> Observed:
             history = [(int(i), str(s), str(k)) for i, s, k in conn.execute(
                 select(token_history.c.id, token_history.c.symbol, token_history.c.event_type)
                 .order_by(token_history.c.id))]
+            database_mb = float(conn.execute(text("SELECT pg_database_size(current_database())")).scalar_one()) / 2**20
         registry = load_registry(engine)
     finally:
         engine.dispose()
@@ -484,6 +487,8 @@ def _observe(database_url: str, redis_url: str, sim: Simulator) -> Observed:
         fields: Any = client.hkeys(keys.TOKENS)
         stream = [int(values[b"history_id"]) for _id, values in entries]
         cache = {f.decode() for f in fields}
+        memory: Any = client.info("memory")
+        redis_mb = float(memory["used_memory"]) / 2**20
     finally:
         client.close()
     answer: dict[str, tuple[str, Meta]] = {}
@@ -495,7 +500,7 @@ def _observe(database_url: str, redis_url: str, sim: Simulator) -> Observed:
         answer[symbol] = (contract.status, contract.meta)
     active = {s: (row.contract_status, row.meta) for s, row in registry.rows.items() if row.status == ACTIVE}
     return Observed(history=history, stream=stream, stream_maxlen=STREAM_MAXLEN, cache=cache, active=active,
-                    answer=answer)
+                    answer=answer, redis_mb=redis_mb, database_mb=database_mb)
 
 
 def soak(args: argparse.Namespace, database_url: str, redis_url: str, workdir: Path) -> int:
@@ -523,11 +528,12 @@ def soak(args: argparse.Namespace, database_url: str, redis_url: str, workdir: P
         run.sync_wall_ms.clear()
         run.phases_ms.clear()
         sample_every = max(1, min(args.sample_every, args.restart_every))
+        paused = {s for s in sim.symbols() if sim.contract(s)["status"] == "Paused"}  # then kept by the steps
         for step in range(1, args.syncs + 1):
-            paused = [s for s in sim.symbols() if sim.contract(s)["status"] == "Paused"]
-            open_symbols = [s for s in sim.symbols() if s not in set(paused)]
-            churn = plan_churn(rng, open_symbols, paused, args.contracts, args.churn_pct)
+            open_symbols = [s for s in sim.symbols() if s not in paused]
+            churn = plan_churn(rng, open_symbols, sorted(paused), args.contracts, args.churn_pct)
             apply_churn(sim, churn, ledger)
+            paused = paused.difference(churn.resume).union(churn.pause)
             sim.tick(args.tick_fraction)
             restart = step % args.restart_every == 0 and step < args.syncs
             victim = nodes[(step // args.restart_every - 1) % len(nodes)]
@@ -583,7 +589,8 @@ def report(args: argparse.Namespace, run: Run, ledger: Ledger, seen: Observed, m
         "  pipeline phases, median: " + ", ".join(f"{phase} {statistics.median(values):.1f} ms"
                                                   for phase, values in run.phases_ms.items()),
         f"  events checked {ledger.total()} (history {len(seen.history)}, stream {len(seen.stream)}); "
-        f"active {len(seen.active)}, cached {len(seen.cache)}, listed {len(seen.answer)}",
+        f"active {len(seen.active)}, cached {len(seen.cache)}, listed {len(seen.answer)}; database "
+        f"{seen.database_mb:.0f} MB, Redis {seen.redis_mb:.0f} MB",
         f"  restarts {len(run.restarts)}: " + ", ".join(f"{n} after {s} ({g:.1f} s to gone)"
                                                      for s, n, g in run.restarts),
         "  RSS (whole node tree, and the worker's pool processes):", *memory,
