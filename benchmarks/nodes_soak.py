@@ -47,6 +47,7 @@ PARAM_AT = METADATA_KEYS.index(PARAM)
 SHOWN = 5  # offending items named per failed check
 FLAT_PCT = 10.0  # memory counts as flat while the last window is within this much of the first
 SETTLE_SYNCS = 20  # a node's readings this many syncs after its start are warm-up, left out of the windows
+MIN_READINGS = 6  # settled readings a window comparison needs
 READY_TIMEOUT_S = 120.0
 GONE_TIMEOUT_S = 60.0
 # A node killed inside a sync leaves the sync lock to a sync that is gone: the next syncs are skipped until its
@@ -365,32 +366,47 @@ class Run:
     errors: Counter[str] = field(default_factory=Counter)
 
 
+def _windows(readings: Sequence[Sample], label: str) -> tuple[float, float, float, float]:
+    """(first window's median MB, last window's, growth %, the rows' growth %) of readings, a quarter each end."""
+    window = max(2, len(readings) // 4)
+    values = [s.tree_mb if label == "tree" else s.pool_mb for s in readings]
+    rows = [float(s.rows) for s in readings]
+    rows_pct = growth(rows[:window], rows[-window:]) if rows[0] else 0.0
+    first, last = values[:window], values[-window:]
+    return statistics.median(first), statistics.median(last), growth(first, last), rows_pct
+
+
 def memory_lines(samples: Sequence[Sample], nodes: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Per node, the settled readings' first and last window (a quarter of them each): report lines, and the
-    problems when RSS grows past FLAT_PCT and faster than the registry's rows. Readings within SETTLE_SYNCS of a
-    node's start are warm-up."""
+    """Per node, report lines and problems. Judged: within each life of a node (start to kill) with at least
+    MIN_READINGS settled readings, the median RSS of the last quarter against the first, which must grow less than
+    FLAT_PCT or than the registry's rows. Shown beside it: the first and the last window of the whole run, which
+    compare different processes (a process's RSS settles on the largest transients it has met, not its age).
+    Readings within SETTLE_SYNCS of a node's start are warm-up."""
     lines: list[str] = []
     problems: list[str] = []
     for name in nodes:
         settled = [s for s in samples if s.node == name and s.age >= SETTLE_SYNCS]
-        if len(settled) < 8:
-            lines.append(f"  {name}: {len(settled)} settled readings, too few to judge")
-            continue
-        window = len(settled) // 4
-        rows = [float(s.rows) for s in settled]
-        # Delisted rows are kept for ever, and each worker's registry snapshot holds them: with listings and
-        # delistings in the churn the registry grows, and memory may grow with it, but not faster.
-        rows_pct = growth(rows[:window], rows[-window:]) if rows[0] else 0.0
-        allowed = max(FLAT_PCT, rows_pct)
-        for label, values in (("tree", [s.tree_mb for s in settled]), ("pool", [s.pool_mb for s in settled])):
-            first, last = values[:window], values[-window:]
-            pct = growth(first, last)
-            lines.append(f"  {name} {label}: first window {statistics.median(first):.1f} MB, last "
-                         f"{statistics.median(last):.1f} MB ({pct:+.1f}%, {window} readings each; registry rows "
-                         f"{statistics.median(rows[:window]):.0f} -> {statistics.median(rows[-window:]):.0f})")
-            if pct > allowed:
-                problems.append(f"{name} {label} RSS grew {pct:+.1f}%, more than {FLAT_PCT:g}% and than the "
-                                f"registry's rows ({rows_pct:+.1f}%)")
+        lives = [[s for s in settled if s.generation == g] for g in sorted({s.generation for s in settled})]
+        judged = [life for life in lives if len(life) >= MIN_READINGS]
+        for label in ("tree", "pool"):
+            if len(settled) >= MIN_READINGS:
+                first, last, pct, rows_pct = _windows(settled, label)
+                lines.append(f"  {name} {label}: run's first window {first:.1f} MB, last {last:.1f} MB ({pct:+.1f}%; "
+                             f"registry rows {rows_pct:+.1f}%)")
+            worst: tuple[float, float, float, float, int] | None = None
+            for life in judged:
+                first, last, pct, rows_pct = _windows(life, label)
+                if worst is None or pct - max(FLAT_PCT, rows_pct) > worst[2] - max(FLAT_PCT, worst[3]):
+                    worst = (first, last, pct, rows_pct, life[0].generation)
+            if worst is None:
+                lines.append(f"  {name} {label}: no life with {MIN_READINGS} settled readings, not judged")
+                continue
+            first, last, pct, rows_pct, generation = worst
+            lines.append(f"  {name} {label}: worst of {len(judged)} lives (#{generation}) {first:.1f} -> {last:.1f} MB "
+                         f"({pct:+.1f}%; registry rows {rows_pct:+.1f}%)")
+            if pct > max(FLAT_PCT, rows_pct):
+                problems.append(f"{name} {label} RSS grew {pct:+.1f}% within life #{generation}, more than "
+                                f"{FLAT_PCT:g}% and than the registry's rows ({rows_pct:+.1f}%)")
     return lines, problems
 
 
