@@ -46,7 +46,9 @@ PARAM = "maxOrderQty"  # the listing parameter the churn moves: any change of it
 PARAM_AT = METADATA_KEYS.index(PARAM)
 SHOWN = 5  # offending items named per failed check
 FLAT_PCT = 10.0  # memory counts as flat while the last window is within this much of the first
-SETTLE_SYNCS = 20  # a node's readings this many syncs after its start are warm-up, left out of the windows
+# A node's readings this many syncs after its start are warm-up, left out of the windows: a fresh pool process
+# still climbs to the RSS its largest transients leave it (+14% between its 20th and 50th sync in one run).
+SETTLE_SYNCS = 50
 MIN_READINGS = 6  # settled readings a window comparison needs
 READY_TIMEOUT_S = 120.0
 GONE_TIMEOUT_S = 60.0

@@ -9,6 +9,7 @@ from collections import Counter
 from benchmarks.nodes_soak import (
     PARAM,
     PARAM_AT,
+    SETTLE_SYNCS,
     Churn,
     Ledger,
     Observed,
@@ -132,25 +133,32 @@ def test_a_registry_or_cache_that_is_not_the_last_answer_fails() -> None:
     assert any("not cached" in p for p in verify(ledger, seen))
 
 
+def _life(node: str, generation: int, tree: list[float], pool: list[float], rows: list[int] | None = None,
+          ) -> list[Sample]:
+    """Settled readings of one life of a node, ten syncs apart."""
+    return [Sample(1000 * generation + 10 * i, node, generation, SETTLE_SYNCS + 10 * i, t, p,
+                   rows[i] if rows else 0) for i, (t, p) in enumerate(zip(tree, pool, strict=True))]
+
+
 def test_memory_is_judged_within_each_life_of_a_node_on_settled_readings() -> None:
-    flat = [Sample(10 * i, "a", 1, 10 * i, 300.0 + (50.0 if i < 2 else 0.0), 120.0) for i in range(40)]
-    growing = [Sample(10 * i, "b", 1, 10 * i, 300.0 + 2.0 * i, 120.0) for i in range(40)]
-    lines, problems = memory_lines([*flat, *growing], ["a", "b"])
+    warm_up = [Sample(10 * i, "a", 1, 10 * i, 900.0, 900.0) for i in range(SETTLE_SYNCS // 10)]
+    flat = _life("a", 1, [300.0] * 38, [120.0] * 38)
+    growing = _life("b", 1, [300.0 + 2.0 * i for i in range(38)], [120.0] * 38)
+    lines, problems = memory_lines([*warm_up, *flat, *growing], ["a", "b"])
     assert len(lines) == 8
     assert problems == [problems[0]] and problems[0].startswith("b tree RSS grew")
 
 
 def test_a_later_life_settling_higher_is_not_a_leak_but_growth_within_one_is() -> None:
-    first = [Sample(10 * i, "a", 1, 10 * i, 300.0, 120.0) for i in range(2, 10)]
-    second = [Sample(100 + 10 * i, "a", 2, 10 * i, 340.0, 150.0) for i in range(2, 10)]
+    first = _life("a", 1, [300.0] * 8, [120.0] * 8)
+    second = _life("a", 2, [340.0] * 8, [150.0] * 8)
     assert memory_lines([*first, *second], ["a"])[1] == []
-    leaking = [Sample(100 + 10 * i, "a", 2, 10 * i, 340.0, 150.0 + 5.0 * i) for i in range(2, 10)]
+    leaking = _life("a", 2, [340.0] * 8, [150.0 + 5.0 * i for i in range(8)])
     problems = memory_lines([*first, *leaking], ["a"])[1]
     assert len(problems) == 1 and problems[0].startswith("a pool RSS grew") and "life #2" in problems[0]
 
 
 def test_growth_no_faster_than_the_registry_rows_is_allowed() -> None:
-    readings = [Sample(10 * i, "a", 1, 10 * i, 300.0 + 10.0 * i, 120.0, rows=5000 + 500 * i) for i in range(2, 30)]
-    assert memory_lines(readings, ["a"])[1] == []
-    constant = [Sample(10 * i, "a", 1, 10 * i, 300.0 + 10.0 * i, 120.0, rows=5000) for i in range(2, 30)]
-    assert memory_lines(constant, ["a"])[1] != []
+    tree = [300.0 + 10.0 * i for i in range(28)]
+    assert memory_lines(_life("a", 1, tree, [120.0] * 28, [5000 + 500 * i for i in range(28)]), ["a"])[1] == []
+    assert memory_lines(_life("a", 1, tree, [120.0] * 28, [5000] * 28), ["a"])[1] != []
