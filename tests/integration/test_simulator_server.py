@@ -266,6 +266,17 @@ def test_control_api_scripts_the_exchange(sim: Simulator, client: requests.Sessi
         ("inject", {"fault": "meteor"}, 400),
         ("inject", {"fault": "delay", "seconds": -1}, 400),
         ("set_params", {"symbol": "XBTUSDTM"}, 400),
+        # Plausible but wrong: a misspelt key, a number as text, a field beside "fields", an unknown option.
+        ("set_params", {"symbol": "XBTUSDTM", "tick_size": 0.5}, 400),
+        ("set_params", {"symbol": "XBTUSDTM", "tickSize": "0.5"}, 400),
+        ("set_params", {"symbol": "XBTUSDTM", "maxLeverage": True}, 400),
+        ("set_params", {"symbol": "XBTUSDTM", "fields": {"tickSize": 0.5}, "maxLeverage": 5}, 400),
+        ("set_params", {"symbol": "XBTUSDTM", "fields": {"tickSize": 0.5, "lot": 1}}, 400),
+        ("list_new", {"count": 2, "symbols": ["FOOUSDTM"]}, 400),
+        ("tick", {"fraction": 0.5, "seed": 1}, 400),
+        ("set_status", {"status": "open", "msg": 5}, 400),
+        ("schedule_delisting", {"symbols": ["SOLUSDTM"], "at": 1_800_000_000_000}, 400),
+        ("inject", {"fault": "http_status", "status": 503, "times": 2}, 400),
         ("delist", ["XBTUSDTM"], 400),
         ("explode", {}, 404),
     ],
@@ -273,12 +284,14 @@ def test_control_api_scripts_the_exchange(sim: Simulator, client: requests.Sessi
 def test_control_api_rejects_bad_input(
     sim: Simulator, client: requests.Session, action: str, body: Any, status: int,
 ) -> None:
+    before = get_active(client, sim)
     response = control(client, sim, action, body)
     assert response.status_code == status
     payload = response.json()
     assert payload["ok"] is False
     assert payload["error"] and "\n" not in payload["error"]
-    assert len(get_active(client, sim)) == N  # nothing changed
+    assert get_active(client, sim) == before  # nothing changed
+    assert sim.faults() == []
 
 
 def test_control_api_rejects_invalid_json(sim: Simulator, client: requests.Session) -> None:

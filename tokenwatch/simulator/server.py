@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import http
+import inspect
 import logging
 import math
 import random
@@ -136,6 +137,23 @@ def _float_param(value: Any, name: str, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
         raise SimulatorError(f"{name} must be a number between {low:g} and {high:g}")
     return float(value)
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list | tuple) else "an object"
+
+
+def _same_json_kind(current: Any, value: Any) -> bool:
+    """Whether value may replace current: the same JSON type, or either side null (KuCoin's unset dates)."""
+    return current is None or value is None or _json_kind(current) == _json_kind(value)
 
 
 def _check_fault(kind: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -294,6 +312,8 @@ class Simulator:
     def list_new(self, count: int = 1, symbols: list[str] | None = None) -> list[str]:
         """List brand-new perpetuals (firstOpenDate = now); named by `symbols` or `count` fresh coins."""
         now = now_ms()
+        if symbols is not None and count != 1:
+            raise SimulatorError("list_new takes count or symbols, not both")
         with self._lock:
             fresh: list[dict[str, Any]] = []
             if symbols is not None:
@@ -376,7 +396,11 @@ class Simulator:
         return at
 
     def set_params(self, symbol: str, **fields: Any) -> dict[str, Any]:
-        """Change fields of one listed contract (e.g. tickSize, maxLeverage); returns the fields applied."""
+        """Change fields the contract has (e.g. tickSize, maxLeverage), each to a value of its type; returns them.
+
+        A key the contract lacks (`tick_size`) or a value of another type is refused, not quietly added: a
+        script that misspells a field would otherwise test nothing. Malformed records: inject bad_records.
+        """
         if not fields:
             raise SimulatorError("set_params needs at least one field")
         try:
@@ -385,7 +409,14 @@ class Simulator:
             raise SimulatorError(f"fields are not JSON-encodable: {exc}") from None
         with self._lock:
             self._listed([symbol])
-            self._active[symbol].update(copy.deepcopy(fields))
+            contract = self._active[symbol]
+            for key, value in fields.items():
+                if key not in contract:
+                    raise SimulatorError(f"{symbol} has no field {key[:40]!r} (a KuCoin contract's keys, "
+                                         "e.g. tickSize, maxLeverage, makerFeeRate)")
+                if not _same_json_kind(contract[key], value):
+                    raise SimulatorError(f"{key} must be {_json_kind(contract[key])}, not {_json_kind(value)}")
+            contract.update(copy.deepcopy(fields))
             self._changed()
         return dict(fields)
 
@@ -407,6 +438,8 @@ class Simulator:
         """Set what `/api/v1/status` reports: open, close or cancelonly."""
         if status not in _EXCHANGE_STATUSES:
             raise SimulatorError(f"status must be one of {', '.join(sorted(_EXCHANGE_STATUSES))}")
+        if not isinstance(msg, str):
+            raise SimulatorError("msg must be a string")
         with self._lock:
             self._exchange_status = (status, str(msg))
 
@@ -590,9 +623,11 @@ class Simulator:
             raise SimulatorError("the body must be a JSON object")
         if action == "set_params":
             symbol = body.get("symbol")
-            fields = body.get("fields") if set(body) == {"symbol", "fields"} else {
-                k: v for k, v in body.items() if k != "symbol"
-            }
+            # Either {"symbol", "fields": {...}} or the fields beside the symbol; "fields" with others is neither.
+            fields = body.get("fields") if "fields" in body else {k: v for k, v in body.items() if k != "symbol"}
+            if "fields" in body and set(body) != {"symbol", "fields"}:
+                extra = sorted(set(body) - {"symbol", "fields"})[0]
+                raise SimulatorError(f"set_params takes symbol and fields, or fields beside symbol; not {extra[:40]!r}")
             if not isinstance(symbol, str) or not isinstance(fields, dict):
                 raise SimulatorError("set_params needs a symbol and fields")
             return self.set_params(symbol, **fields)
@@ -603,6 +638,11 @@ class Simulator:
             params = {k: v for k, v in body.items() if k != "fault"}
             return self.inject(kind, **params)
         method = getattr(self, action)
+        known = [name for name in inspect.signature(method).parameters if name != "self"]
+        unknown = sorted(set(body) - set(known))
+        if unknown:
+            takes = ", ".join(known) or "nothing (send {})"
+            raise SimulatorError(f"{action} takes no {unknown[0][:40]!r}; it takes: {takes}")
         return method(**body)
 
 
