@@ -133,6 +133,10 @@ def cmd_events(settings: Settings, args: argparse.Namespace) -> int:
     def show(entry_id: Any, fields: Any) -> str:
         event: dict[str, Any] = {text(k): text(v) for k, v in fields.items()}
         event["details"] = json.loads(event.get("details") or "null")
+        # Redis keeps text; the JSON gives numbers as numbers, like `history --json` (README: The registry).
+        for key in ("event_time", "history_id"):
+            if str(event.get(key, "")).isdigit():
+                event[key] = int(event[key])
         event["id"] = text(entry_id)
         if args.json:
             _print_json(event)

@@ -121,7 +121,8 @@ def _run_json(row: dict[str, Any]) -> dict[str, Any]:
         "sync_id": row["sync_id"], "status": row["status"], "started_at": row["started_at"],
         "finished_at": row["finished_at"], "error": row["error"], "revision": row["revision"],
         "counts": {key: row[key] for key in COUNT_KEYS},
-        "timings_ms": {phase: row[f"{phase}_ms"] for phase in PHASES},
+        "timings_ms": {phase: None if row[f"{phase}_ms"] is None else round(float(row[f"{phase}_ms"]), 2)
+                       for phase in PHASES},
     }
 
 
@@ -174,7 +175,7 @@ def load(settings: Settings, process: ProcessState, client: redis.Redis | None, 
         except (redis.RedisError, OSError) as exc:
             redis_error = f"Redis failed ({type(exc).__name__}: {exc})"
     if good is not None:
-        good["age_s"] = round((now - int(good["finished_at"])) / 1000.0, 1)
+        good["age_ms"] = now - int(good["finished_at"])
     health = alerts.Health(
         now_ms=now, last_phase_ms=phases, hour_good=hour["good"], hour_failed=hour["failed"],
         last_good_ms=None if good is None else int(good["finished_at"]), first_run_ms=first, worker_rss=workers,

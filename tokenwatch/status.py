@@ -44,7 +44,7 @@ def render(status: Status) -> str:
         lines.append("last good sync: none recorded")
     else:
         lines.append(f"last good sync: {good['sync_id']} ({good['status']}), "
-                     f"{alerts.human_s(float(good['age_s']))} ago")
+                     f"{alerts.human_s(int(good['age_ms']) / 1000.0)} ago")
     success = "-" if h["success_pct"] is None else f"{h['success_pct']:.1f}%"
     lines.append(f"last hour: {h['syncs']} syncs ({h['good']} good, {h['failed']} failed, {h['skipped']} skipped), "
                  f"success {success}, total time p50 {_ms(h['p50_ms'])} ms, p95 {_ms(h['p95_ms'])} ms")
