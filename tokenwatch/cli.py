@@ -187,9 +187,13 @@ def cmd_db_upgrade(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(_settings: Settings, args: argparse.Namespace) -> int:
-    from tokenwatch.simulator.server import serve_forever_cli  # noqa: PLC0415
+    from tokenwatch.simulator.server import SimulatorError, serve_forever_cli  # noqa: PLC0415
 
-    serve_forever_cli(port=args.port, contracts=args.contracts, seed=args.seed)
+    try:
+        serve_forever_cli(port=args.port, contracts=args.contracts, seed=args.seed)
+    except SimulatorError as exc:
+        print(f"tokenwatch: {exc}", file=sys.stderr)
+        return Exit.FAILED
     return 0
 
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import gc
 import signal
+import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 from celery import Celery, signals
 from celery.exceptions import CPendingDeprecationWarning
 
+from tokenwatch.errors import ConfigError
 from tokenwatch.lifeline import die_with_parent
+from tokenwatch.settings import get_settings
 
 
 def _quiet_the_deliberate_default(**_: Any) -> None:
@@ -22,6 +26,21 @@ _quiet_the_deliberate_default()
 # A worker's logging setup puts Celery's own "always" filters first: ours goes back in front once it is ready.
 signals.worker_ready.connect(_quiet_the_deliberate_default, weak=False)
 
+
+
+def _settings_or_exit() -> None:
+    """Under Celery's own command line, a bad TOKENWATCH_* value is one line and exit 78, not Celery's traceback."""
+    try:
+        get_settings()
+    except ConfigError as exc:
+        program = Path(sys.argv[0]).name if sys.argv else ""
+        if program not in ("celery", "__main__.py"):
+            raise  # imported by a program of its own: let it report the error its way
+        print(f"tokenwatch: {exc}", file=sys.stderr)
+        raise SystemExit(78) from None  # sysexits' EX_CONFIG, as the tokenwatch command exits
+
+
+_settings_or_exit()
 app = Celery("tokenwatch", include=["tokenwatch.tasks.sync", "tokenwatch.tasks.maintenance"])
 app.config_from_object("tokenwatch.celeryconfig")
 

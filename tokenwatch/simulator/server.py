@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import errno
 import http
 import inspect
 import logging
@@ -814,7 +815,12 @@ def serve_forever_cli(port: int, contracts: int, seed: int) -> None:
     previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     simulator = Simulator(port=port, contracts=contracts, seed=seed)
     try:
-        simulator.start()
+        try:
+            simulator.start()
+        except OSError as exc:
+            cause = "taken" if exc.errno == errno.EADDRINUSE else f"unusable ({exc.strerror or exc})"
+            raise SimulatorError(f"port {port} on {simulator.host} is {cause}: pick another with --port "
+                                 "(and point TOKENWATCH_KUCOIN_URL at it)") from None
         print(
             f"KuCoin futures simulator with {contracts} contracts on {simulator.url} "
             f"(GET {simulator.url}{ACTIVE_PATH}); script it with: "

@@ -1,0 +1,71 @@
+"""Exit statuses and one-line failures of the CLI, run as a subprocess against real Redis, SQLite and the simulator.
+
+The table is README's "Exit status": 0 healthy or done, 1 failed (registry missing or unreadable), 2 an alert
+stands (status only), 64 a wrong command line, 78 a bad TOKENWATCH_* setting.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import ROOT, Stack
+from tokenwatch.simulator import Simulator
+
+pytestmark = pytest.mark.integration
+
+NOWHERE = "redis://127.0.0.1:9/0"  # the discard port: nothing answers Redis there
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulator]:
+    with Simulator(port=0, contracts=40, seed=7) as simulator:
+        yield simulator
+
+
+def run(stack: Stack, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    saved = dict(stack.env)
+    stack.env.update(env)
+    try:
+        return stack.tokenwatch(*args)
+    finally:
+        stack.env.clear()
+        stack.env.update(saved)
+
+
+def assert_one_line(result: subprocess.CompletedProcess[str]) -> str:
+    """stderr is one line starting `tokenwatch:`, no traceback."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_simulate_on_a_taken_port_is_one_line(stack: Stack) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run(stack, "simulate", "--port", str(port))
+    assert result.returncode == 1
+    line = assert_one_line(result)
+    assert f"port {port}" in line and "taken" in line
+
+
+def test_bad_setting_through_celery_call_is_one_line(stack: Stack) -> None:
+    """`celery -A tokenwatch.workers.app call ...` with a bad TOKENWATCH_* value: the README's one line."""
+    stack.env["TOKENWATCH_HTTP_RETRIES"] = "many"
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "tokenwatch.workers.app", "call", "tokenwatch.sync"],
+        env=stack.env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode != 0
+    assert time.monotonic() - started < 30
+    line = assert_one_line(result)
+    assert "TOKENWATCH_HTTP_RETRIES" in line
