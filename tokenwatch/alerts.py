@@ -31,7 +31,8 @@ FAILURE_RATE = "failure_rate"
 STALE = "stale"
 WORKER_MEMORY = "worker_memory"
 SYNC_SKIPPED = "sync_skipped"
-NAMES = (SYNC_SLOW, API_SLOW, WRITE_SLOW, FAILURE_RATE, STALE, WORKER_MEMORY, SYNC_SKIPPED)
+REDIS_UNREACHABLE = "redis_unreachable"
+NAMES = (SYNC_SLOW, API_SLOW, WRITE_SLOW, FAILURE_RATE, STALE, WORKER_MEMORY, SYNC_SKIPPED, REDIS_UNREACHABLE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,7 @@ class Health:
     last_good_ms: when the newest ok, baseline or suspect sync finished; first_run_ms: when the oldest
     recorded sync finished (None: no sync recorded at all). worker_rss: bytes by worker process, None when
     unknown (Redis unreachable). skipped_streak: how many of the newest syncs in a row were skipped.
+    redis_error: why Redis did not answer the evaluator (None: it did).
     """
 
     now_ms: int
@@ -76,6 +78,7 @@ class Health:
     first_run_ms: int | None = None
     worker_rss: Mapping[str, int] | None = None
     skipped_streak: int = 0
+    redis_error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +141,10 @@ def evaluate(health: Health, limits: Thresholds) -> list[Alert]:
         alerts.append(Alert(
             SYNC_SKIPPED, f"the last {health.skipped_streak} syncs were skipped: another sync held the lock each time "
             f"(threshold {limits.skipped_syncs})", health.skipped_streak, limits.skipped_syncs))
+    if health.redis_error is not None:
+        # No broker, no syncs, no cache for the bots: whatever the registry says, this is not healthy.
+        alerts.append(Alert(REDIS_UNREACHABLE, f"{health.redis_error}: no sync can run and the hot cache is not "
+                            "served (is `tokenwatch run` running?)", 1.0, 0.0))
     return alerts
 
 

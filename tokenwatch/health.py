@@ -179,7 +179,7 @@ def load(settings: Settings, process: ProcessState, client: redis.Redis | None, 
     health = alerts.Health(
         now_ms=now, last_phase_ms=phases, hour_good=hour["good"], hour_failed=hour["failed"],
         last_good_ms=None if good is None else int(good["finished_at"]), first_run_ms=first, worker_rss=workers,
-        skipped_streak=streak,
+        skipped_streak=streak, redis_error=redis_error,
     )
     return Status(now, counts, recent, hour, good, health, queues, workers, redis_error)
 

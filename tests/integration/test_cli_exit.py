@@ -6,11 +6,13 @@ stands (status only), 64 a wrong command line, 78 a bad TOKENWATCH_* setting.
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -44,6 +46,45 @@ def assert_one_line(result: subprocess.CompletedProcess[str]) -> str:
     assert len(lines) == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     return lines[0]
+
+
+def test_status_exit_statuses(stack: Stack, sim: Simulator, tmp_path: Path) -> None:
+    stack.env["TOKENWATCH_KUCOIN_URL"] = sim.url
+    # A registry that never synced, Redis unreachable: not healthy.
+    assert run(stack, "db", "upgrade").returncode == 0
+    never = run(stack, "status", "--json", TOKENWATCH_REDIS_URL=NOWHERE)
+    assert never.returncode == 2, never.stderr[-2000:]
+    assert [a["name"] for a in json.loads(never.stdout)["alerts"]] == ["redis_unreachable"]
+
+    assert stack.sync("--inline")["status"] == "baseline"
+    healthy = run(stack, "status")
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr[-2000:]
+    assert "alerts: none" in healthy.stdout
+
+    down = run(stack, "status", TOKENWATCH_REDIS_URL=NOWHERE)
+    assert down.returncode == 2
+    assert "ALERT redis_unreachable: Redis unreachable at redis://127.0.0.1:9/0" in down.stdout
+
+    missing = run(stack, "status", TOKENWATCH_DATABASE_URL=f"sqlite:///{tmp_path / 'elsewhere' / 'none.db'}")
+    assert missing.returncode == 1
+    assert "no registry at" in assert_one_line(missing)
+    assert not (tmp_path / "elsewhere").exists()
+
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database " * 400)
+    for command in (("status",), ("tokens",), ("history",), ("sync", "--inline")):
+        broken = run(stack, *command, TOKENWATCH_DATABASE_URL=f"sqlite:///{garbage}")
+        assert broken.returncode == 1, command
+        if command[0] != "sync":
+            assert "registry database unavailable" in assert_one_line(broken)
+        else:
+            assert "Traceback" not in broken.stderr and "registry database unavailable" in broken.stdout
+
+    for command in (("status",), ("tokens",), ("sync", "--inline"), ("events",)):
+        config = run(stack, *command, TOKENWATCH_SYNC_INTERVAL_S="soon")
+        assert config.returncode == 78, command
+        assert "TOKENWATCH_SYNC_INTERVAL_S" in assert_one_line(config)
+    assert run(stack, "status", "--bogus").returncode == 64
 
 
 def test_simulate_on_a_taken_port_is_one_line(stack: Stack) -> None:

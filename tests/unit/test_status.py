@@ -78,7 +78,7 @@ def test_no_data_raises_nothing() -> None:
 def test_several_alerts_come_in_a_fixed_order() -> None:
     health = healthy(last_phase_ms={"total": 20_000.0, "api": 9_000.0, "batch_write": 4_000.0},
                      hour_good=1, hour_failed=1, last_good_ms=NOW - 3_600_000, worker_rss={"w-1": 900 * MIB},
-                     skipped_streak=5)
+                     skipped_streak=5, redis_error="Redis unreachable at redis://h:6379/0 (ConnectionError)")
     assert names(health) == list(alerts.NAMES)
 
 
