@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import logging
+import re
 import signal
 import sys
 import warnings
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery, signals
+from celery.app.trace import LOG_SUCCESS
 from celery.exceptions import CPendingDeprecationWarning
 
 from tokenwatch.errors import ConfigError
@@ -60,3 +63,33 @@ def _die_with_the_worker(**_: Any) -> None:
 
 
 signals.worker_process_init.connect(_die_with_the_worker)
+
+
+_SYNC_ID = re.compile(r"'sync_id': '([^']{1,80})'")
+_STATUS = re.compile(r"'status': '([a-z]{1,20})'")
+_LONGEST_RESULT = 120
+
+
+class ShortResults(logging.Filter):
+    """Celery's "Task ... succeeded in 0.01s: {...}" shows a step's whole state (counts, timings, symbols) at
+    INFO, drowning the PERFORMANCE line: name only the sync and its status (or a short result)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != LOG_SUCCESS or not isinstance(record.args, dict):
+            return True
+        result = str(record.args.get("return_value", ""))
+        sync_id, status = _SYNC_ID.search(result), _STATUS.search(result)
+        if sync_id is not None:
+            short = f"sync {sync_id.group(1)}" + (f" {status.group(1)}" if status is not None else "")
+        elif len(result) > _LONGEST_RESULT:
+            short = result[:_LONGEST_RESULT] + "..."
+        else:
+            return True
+        record.args = {**record.args, "return_value": short}
+        return True
+
+
+# Celery's tracer logs each task's end on this logger, in every pool process; a logger's filter goes wherever
+# the worker sends its log.
+logging.getLogger("celery.app.trace").addFilter(ShortResults())
+
