@@ -167,13 +167,14 @@ def test_status_shows_queue_depths_and_survives_an_unreachable_redis(stack: Stac
 
     gone = str(stack.workdir / "no-redis.sock")
     code, report, stderr = status(stack, TOKENWATCH_REDIS_URL="unix://" + gone)
-    assert code == 0, stderr
+    assert code == 2, stderr  # no broker, no cache: an alert, though the registry never synced
+    assert [a["name"] for a in report["alerts"]] == ["redis_unreachable"]
     assert report["queues"] is None
     assert report["workers"] is None
     assert report["redis_error"].startswith(f"Redis unreachable at unix://{gone}")
     stack.env["TOKENWATCH_REDIS_URL"] = "unix://" + gone
     text = stack.tokenwatch("status")
-    assert text.returncode == 0
+    assert text.returncode == 2
     assert "Redis unreachable" in text.stdout
     assert "queue depths and worker memory unknown" in text.stdout
 
