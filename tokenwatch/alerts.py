@@ -79,6 +79,7 @@ class Health:
     worker_rss: Mapping[str, int] | None = None
     skipped_streak: int = 0
     redis_error: str | None = None
+    failure_window: str = "the last hour"  # or since an operator's acknowledgement (`tokenwatch status --ack`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +128,7 @@ def evaluate(health: Health, limits: Thresholds) -> list[Alert]:
     if pct is not None and pct > limits.failure_pct:
         total = health.hour_good + health.hour_failed
         alerts.append(Alert(
-            FAILURE_RATE, f"{pct:.1f}% of syncs failed in the last hour ({health.hour_failed} of {total}; "
+            FAILURE_RATE, f"{pct:.1f}% of syncs failed in {health.failure_window} ({health.hour_failed} of {total}; "
             f"threshold {limits.failure_pct:g}%)", pct, limits.failure_pct))
     stale = _stale(health, limits)
     if stale is not None:

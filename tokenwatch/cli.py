@@ -164,7 +164,7 @@ def cmd_events(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from tokenwatch.status import run_status  # noqa: PLC0415
 
-    return run_status(settings, current(), as_json=args.json)
+    return run_status(settings, current(), as_json=args.json, ack=args.ack)
 
 
 def cmd_db_check(settings: Settings, args: argparse.Namespace) -> int:
@@ -249,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="last syncs, timings, counts, queues and alerts (exit 2 while one stands)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--ack", action="store_true",
+                   help="acknowledge the failures so far: failure_rate counts only the syncs after now")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("db", help="database upkeep: schema upgrade and checks")

@@ -10,6 +10,7 @@ from typing import Any
 import redis
 from kombu.connection import Connection as BrokerConnection
 from kombu.exceptions import ChannelError
+from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import Connection, desc, func, select, true
 
 from tokenwatch import alerts, clock
@@ -96,6 +97,39 @@ def queue_lengths(settings: Settings) -> dict[str, int]:
     return lengths
 
 
+ACK_KEY = "tokenwatch:alerts:ack"  # when an operator last ran `tokenwatch status --ack` (ms)
+
+
+def acked_at(client: redis.Redis) -> int | None:
+    """When failures were last acknowledged, or None."""
+    value: Any = client.get(ACK_KEY)
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        return None  # not ours: as if never acknowledged
+
+
+def acknowledge(client: redis.Redis, now_ms: int) -> None:
+    """From now on the failure window starts here: syncs that failed before no longer raise failure_rate."""
+    client.set(ACK_KEY, now_ms)
+
+
+PING_S = 0.5  # a live worker answers a ping in milliseconds; one that does not in this time is not counted
+
+
+def live_workers(expected: int) -> list[str]:
+    """The Celery workers answering a broadcast ping now (waits PING_S at most, less once `expected` answered)."""
+    from tokenwatch.workers.app import app  # noqa: PLC0415 - Celery's app only where a ping is asked for
+
+    replies = app.control.ping(timeout=PING_S, limit=expected or None)
+    return sorted({name for reply in replies for name in reply})
+
+
+def alive_only(rss: dict[str, int], live: list[str]) -> dict[str, int]:
+    """The memory reports of live workers' processes (`NAME-PID`); a dead worker's last report is dropped."""
+    return {process: value for process, value in rss.items() if process.rsplit("-", 1)[0] in live}
+
+
 def percentile(values: list[float], q: float) -> float | None:
     """Nearest-rank percentile (q in 0-100) of values; None for no values."""
     if not values:
@@ -138,6 +172,7 @@ class Status:
     health: alerts.Health
     queues: dict[str, int] | None = None
     workers: dict[str, int] | None = None
+    live: list[str] | None = None  # workers that answered a ping (None: not asked)
     redis_error: str | None = None
     alerts: list[alerts.Alert] = field(default_factory=list)
     since: dict[str, int] = field(default_factory=dict)
@@ -156,23 +191,37 @@ def connect_redis(settings: Settings, process: ProcessState) -> tuple[redis.Redi
 
 
 def load(settings: Settings, process: ProcessState, client: redis.Redis | None, *, now_ms: int | None = None,
-         redis_error: str | None = None) -> Status:
+         redis_error: str | None = None, ping: bool = False) -> Status:
     """Read the registry's numbers from SQLite and, when client is given, the broker's from Redis."""
     now = clock.now_ms() if now_ms is None else now_ms
+    acked = None
+    if client is not None:
+        try:
+            acked = acked_at(client)
+        except (redis.RedisError, OSError) as exc:
+            redis_error, client = f"Redis failed ({type(exc).__name__}: {exc})", None
+    # The failure window is the last hour, or less: failures an operator acknowledged no longer count.
+    window_from = max(now - HOUR_MS, acked or 0)
     engine = process.engine(settings.database_url)
     with engine.connect() as conn:
         counts = token_counts(conn)
         good = last_good(conn)
-        hour = hour_stats(runs_since(conn, now - HOUR_MS))
+        hour = hour_stats(runs_since(conn, window_from))
+        hour["from_ms"], hour["acked_at"] = window_from, acked
         first = first_run_ms(conn)
         phases = last_phase_ms(conn)
     recent = [_run_json(row) for row in recent_syncs(engine, RECENT)]
     streak = next((at for at, run in enumerate(recent) if run["status"] != "skipped"), len(recent))
     queues = workers = None
+    live: list[str] | None = None
     if client is not None:
         try:
             queues, workers = queue_lengths(settings), worker_rss(client)
-        except (redis.RedisError, OSError) as exc:
+            if ping:
+                # Memory reports outlive their worker by minutes; a ping says who is there now.
+                live = live_workers(len({name.rsplit("-", 1)[0] for name in workers}))
+                workers = alive_only(workers, live)
+        except (redis.RedisError, OSError, KombuOperationalError) as exc:
             redis_error = f"Redis failed ({type(exc).__name__}: {exc})"
     if good is not None:
         good["age_ms"] = now - int(good["finished_at"])
@@ -180,14 +229,16 @@ def load(settings: Settings, process: ProcessState, client: redis.Redis | None, 
         now_ms=now, last_phase_ms=phases, hour_good=hour["good"], hour_failed=hour["failed"],
         last_good_ms=None if good is None else int(good["finished_at"]), first_run_ms=first, worker_rss=workers,
         skipped_streak=streak, redis_error=redis_error,
+        failure_window="the last hour" if window_from != acked else "the syncs since the ack "
+        f"({(now - window_from) // 60_000} min ago)",
     )
-    return Status(now, counts, recent, hour, good, health, queues, workers, redis_error)
+    return Status(now, counts, recent, hour, good, health, queues, workers, live, redis_error)
 
 
-def check(settings: Settings, process: ProcessState, *, now_ms: int | None = None) -> Status:
+def check(settings: Settings, process: ProcessState, *, now_ms: int | None = None, ping: bool = False) -> Status:
     """Load, evaluate the alerts, and record (and log) their transitions in Redis when it answers."""
     client, error = connect_redis(settings, process)
-    status = load(settings, process, client, now_ms=now_ms, redis_error=error)
+    status = load(settings, process, client, now_ms=now_ms, redis_error=error, ping=ping)
     status.alerts = alerts.evaluate(status.health, alerts.Thresholds.from_settings(settings))
     if client is not None and status.redis_error is None:
         try:

@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from tokenwatch import alerts
-from tokenwatch.health import Status, check
+from tokenwatch import alerts, clock
+from tokenwatch.health import Status, acknowledge, check, connect_redis
 from tokenwatch.process import ProcessState
 from tokenwatch.settings import Settings
 
@@ -29,7 +29,8 @@ def to_json(status: Status) -> dict[str, Any]:
         "now_ms": status.now_ms, "tokens": status.tokens, "last_good": status.last_good, "last_hour": status.hour,
         "queues": status.queues,
         "workers": None if status.workers is None else {
-            "rss_bytes": status.workers, "max_rss_bytes": max(status.workers.values(), default=None)},
+            "live": status.live, "rss_bytes": status.workers,
+            "max_rss_bytes": max(status.workers.values(), default=None)},
         "redis_error": status.redis_error, "recent": status.recent,
         "alerts": [{**alert.to_json(), "since": status.since.get(alert.name)} for alert in status.alerts],
     }
@@ -46,16 +47,21 @@ def render(status: Status) -> str:
         lines.append(f"last good sync: {good['sync_id']} ({good['status']}), "
                      f"{alerts.human_s(int(good['age_ms']) / 1000.0)} ago")
     success = "-" if h["success_pct"] is None else f"{h['success_pct']:.1f}%"
-    lines.append(f"last hour: {h['syncs']} syncs ({h['good']} good, {h['failed']} failed, {h['skipped']} skipped), "
+    window = "last hour" if h.get("acked_at") is None or h["from_ms"] != h["acked_at"] else (
+        f"since the ack at {_utc(h['acked_at'])} UTC")
+    lines.append(f"{window}: {h['syncs']} syncs ({h['good']} good, {h['failed']} failed, {h['skipped']} skipped), "
                  f"success {success}, total time p50 {_ms(h['p50_ms'])} ms, p95 {_ms(h['p95_ms'])} ms")
     if status.queues is not None:
         lines.append("queues: " + ", ".join(f"{name} {depth}" for name, depth in status.queues.items()))
-    if status.workers is not None:
-        if status.workers:
-            name, rss = max(status.workers.items(), key=lambda item: item[1])
-            lines.append(f"workers: {len(status.workers)} reporting, max RSS {rss / alerts.MIB:.0f} MiB ({name})")
-        else:
-            lines.append("workers: none reported memory recently")
+    if status.live is not None:
+        lines.append(f"workers: {len(status.live)} live" + (f" ({', '.join(status.live)})" if status.live else
+                                                             ": none answered a ping"))
+    if status.workers:
+        name, rss = max(status.workers.items(), key=lambda item: item[1])
+        lines.append(f"worker memory: {len(status.workers)} processes reporting, max RSS {rss / alerts.MIB:.0f} MiB "
+                     f"({name})")
+    elif status.workers is not None:
+        lines.append("worker memory: no live worker reported it recently")
     if status.redis_error:
         lines.append(f"{status.redis_error}: queue depths and worker memory unknown, alert changes not recorded")
     lines.append("")
@@ -79,10 +85,22 @@ def render(status: Status) -> str:
     return "\n".join(lines)
 
 
-def run_status(settings: Settings, process: ProcessState, *, as_json: bool) -> int:
-    """`tokenwatch status`: 2 while an alert stands, 1 when the registry cannot be read, else 0."""
+def run_status(settings: Settings, process: ProcessState, *, as_json: bool, ack: bool = False) -> int:
+    """`tokenwatch status`: 2 while an alert stands, 1 when the registry cannot be read, else 0.
+
+    ack: first acknowledge the failures so far, so failure_rate counts only the syncs after now.
+    """
+    if ack:
+        client, error = connect_redis(settings, process)
+        if client is None:
+            print(f"tokenwatch: cannot acknowledge: {error}", file=sys.stderr)
+            return 1
+        now = clock.now_ms()
+        acknowledge(client, now)
+        print(f"tokenwatch: failures acknowledged at {_utc(now)} UTC: failure_rate counts the syncs after it",
+              file=sys.stderr)
     try:
-        status = check(settings, process)
+        status = check(settings, process, ping=True)
     except SQLAlchemyError as exc:
         print(f"tokenwatch: registry database unreadable: {str(getattr(exc, 'orig', exc)).splitlines()[0]}",
               file=sys.stderr)

@@ -98,8 +98,10 @@ def test_status_after_real_syncs_and_alerts_raised_and_cleared_once(stack: Stack
     assert set(report["recent"][0]["timings_ms"]) == {"api", "db_load", "process", "batch_write", "cache", "total"}
     assert report["recent"][0]["timings_ms"]["total"] == runs[0][2]
     totals = [r[2] for r in runs]
-    assert report["last_hour"] == {"syncs": 3, "good": 3, "failed": 0, "skipped": 0, "success_pct": 100.0,
-                                   "p50_ms": nearest_rank(totals, 50), "p95_ms": nearest_rank(totals, 95)}
+    hour = report["last_hour"]
+    assert hour.pop("from_ms") == report["now_ms"] - 3_600_000 and hour.pop("acked_at") is None
+    assert hour == {"syncs": 3, "good": 3, "failed": 0, "skipped": 0, "success_pct": 100.0,
+                    "p50_ms": nearest_rank(totals, 50), "p95_ms": nearest_rank(totals, 95)}
     assert report["last_good"]["sync_id"] == last["sync_id"]
     assert 0 <= report["last_good"]["age_ms"] < 60_000
     assert report["queues"] == {"fetch": 0, "db": 0}
@@ -163,7 +165,7 @@ def test_status_shows_queue_depths_and_survives_an_unreachable_redis(stack: Stac
     assert report["queues"] == {"fetch": 2, "db": 0}
     assert report["recent"] == []
     assert report["last_good"] is None
-    assert report["workers"] == {"rss_bytes": {}, "max_rss_bytes": None}
+    assert report["workers"] == {"live": [], "rss_bytes": {}, "max_rss_bytes": None}
 
     gone = str(stack.workdir / "no-redis.sock")
     code, report, stderr = status(stack, TOKENWATCH_REDIS_URL="unix://" + gone)
