@@ -101,12 +101,13 @@ def test_simulate_on_a_taken_port_is_one_line(stack: Stack) -> None:
 def test_bad_setting_through_celery_call_is_one_line(stack: Stack) -> None:
     """`celery -A tokenwatch.workers.app call ...` with a bad TOKENWATCH_* value: the README's one line."""
     stack.env["TOKENWATCH_HTTP_RETRIES"] = "many"
-    started = time.monotonic()
-    result = subprocess.run(
-        [sys.executable, "-m", "celery", "-A", "tokenwatch.workers.app", "call", "tokenwatch.sync"],
-        env=stack.env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-    )
-    assert result.returncode != 0
-    assert time.monotonic() - started < 30
-    line = assert_one_line(result)
-    assert "TOKENWATCH_HTTP_RETRIES" in line
+    for command in (("call", "tokenwatch.sync"), ("worker", "-Q", "fetch,db", "-c", "1"), ("beat",)):
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "celery", "-A", "tokenwatch.workers.app", *command],
+            env=stack.env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        )
+        assert result.returncode == 78, command
+        assert time.monotonic() - started < 30
+        line = assert_one_line(result)
+        assert line.startswith("tokenwatch: invalid TOKENWATCH_HTTP_RETRIES"), line
