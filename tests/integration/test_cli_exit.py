@@ -65,10 +65,12 @@ def test_status_exit_statuses(stack: Stack, sim: Simulator, tmp_path: Path) -> N
     assert down.returncode == 2
     assert "ALERT redis_unreachable: Redis unreachable at redis://127.0.0.1:9/0" in down.stdout
 
-    missing = run(stack, "status", TOKENWATCH_DATABASE_URL=f"sqlite:///{tmp_path / 'elsewhere' / 'none.db'}")
-    assert missing.returncode == 1
-    assert "no registry at" in assert_one_line(missing)
-    assert not (tmp_path / "elsewhere").exists()
+    for command in (("status",), ("tokens",), ("history",), ("status", "--json")):
+        missing = run(stack, *command, TOKENWATCH_DATABASE_URL=f"sqlite:///{tmp_path / 'elsewhere' / 'none.db'}")
+        assert missing.returncode == 1, command
+        assert "no registry at" in assert_one_line(missing)
+        assert missing.stdout == ""
+        assert not (tmp_path / "elsewhere").exists()  # a read command creates nothing
 
     garbage = tmp_path / "garbage.db"
     garbage.write_bytes(b"not a database " * 400)
