@@ -124,6 +124,28 @@ def _chain_block(sizes: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _cold_warm_block(cw: dict[str, Any] | None) -> list[str]:
+    if not cw:
+        return []
+    kinds = ("warm", "cold, shared snapshot", "cold, database read")
+    cells = {"warm": cw["warm_phases"], "cold, shared snapshot": cw["shared"]["phases"],
+             "cold, database read": cw["database"]["phases"]}
+    lines = [
+        "",
+        f"== Cold vs warm: {cw['size']:,} contracts, {cw['runs']} fresh processes per cold kind, market data moving "
+        "on every call ==",
+        _row("ms: median [min-max]", list(kinds)),
+    ]
+    for phase in cw["warm_phases"]:
+        lines.append(_row(phase, [_s(cells[k][phase]) for k in kinds]))
+    lines.append(_row("work (db_load+process+batch)", [_s(cw["warm_ms"]), _s(cw["shared"]["cold_ms"]),
+                                                     _s(cw["database"]["cold_ms"])]))
+    lines.append(_row("cold / warm", ["1.00x", f"{cw['shared']['ratio']:.2f}x", f"{cw['database']['ratio']:.2f}x"]))
+    lines.append("  each cold sync runs in a freshly spawned process (its first sync: engines opened, statements "
+                 "compiled); warm: the same process's third sync")
+    return lines
+
+
 def render(report: dict[str, Any]) -> str:
     """The report as the table the command prints."""
     m = report["machine"]
@@ -149,6 +171,7 @@ def render(report: dict[str, Any]) -> str:
     lines.append("")
     lines += [f"  {title}" for title in REF_TITLES.values()]
     lines += _chain_block(report["sizes"])
+    lines += _cold_warm_block(report.get("cold_warm"))
     soak = report.get("soak")
     if soak:
         lines += [

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from benchmarks.chain import ChainResult
+from benchmarks.coldwarm import TARGET as COLD_TARGET
 from benchmarks.scenarios import PHASES, REFERENCES, SCENARIOS, Measurement
 from benchmarks.soak import WARMUP_SYNCS, SoakResult, after_warmup, window_size
 
@@ -127,7 +128,8 @@ def _chain(result: SizeResult) -> dict[str, Any]:
     }
 
 
-def build(results: list[SizeResult], soak: SoakResult | None, soak_syncs: int, meta: dict[str, Any]) -> dict[str, Any]:
+def build(results: list[SizeResult], soak: SoakResult | None, soak_syncs: int, meta: dict[str, Any],
+          cold_warm: dict[str, Any] | None = None) -> dict[str, Any]:
     """The whole report as one JSON-able dict."""
     sizes = []
     for result in results:
@@ -152,6 +154,8 @@ def build(results: list[SizeResult], soak: SoakResult | None, soak_syncs: int, m
             "peak_rss_mb": soak.peak_rss_mb, "statuses": soak.statuses, "total_ms": stat(soak.totals_ms),
             "rss_mb": soak.rss_mb, "anon_mb": soak.anon_mb,
         }
+    if cold_warm is not None:
+        report["cold_warm"] = cold_warm
     report["targets"] = targets(report)
     return report
 
@@ -219,6 +223,17 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         "not measured (use --database URL)" if ratio_pg is None or pg is None else
         f"{ratio_pg:.2f}x ({pg['steady_phases']['total']['median']:.0f} vs "
         f"{pg['sqlite_steady_phases']['total']['median']:.0f} ms total)",
+    ))
+    cold_warm = report.get("cold_warm")
+    shared = cold_warm["shared"] if cold_warm else None
+    ratio = shared["ratio"] if shared else None
+    out.append(_target(
+        f"cold sync within {COLD_TARGET:g}x of warm at 5,000", ratio,
+        None if ratio is None or cold_warm is None or cold_warm["size"] != 5000 else ratio <= COLD_TARGET,
+        "not measured (--cold-warm-size 5000)" if ratio is None or shared is None or cold_warm is None else
+        f"{ratio:.2f}x at {cold_warm['size']:,}: {shared['cold_ms']['median']:.0f} against "
+        f"{cold_warm['warm_ms']['median']:.0f} ms (db_load+process+batch_write; reading the database instead of "
+        f"the shared snapshot: {cold_warm['database']['ratio']:.2f}x)",
     ))
     big, small = _size(report, 100_000), s5
     if big and small:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import redis
 
-from benchmarks import chain, exchange, postgres, report, soak
+from benchmarks import chain, coldwarm, exchange, postgres, report, soak
 from benchmarks.child import in_child
 from benchmarks.render import render
 from benchmarks.scenarios import REFERENCES, SCENARIOS, Job, Measurement, measure, remove_db, snapshot_file
@@ -245,6 +245,22 @@ class Bench:
         result.chain_note = (f"a fresh worker: one baseline sync, {chain.WARMUP_SYNCS} unmeasured steady syncs, "
                              "then the measured steady syncs (warm worker)")
 
+    def cold_warm(self, size: int, runs: int) -> coldwarm.ColdWarm:
+        """Fresh processes' first syncs against their later ones (benchmarks/coldwarm.py)."""
+        folder = self.workdir / "coldwarm"
+        folder.mkdir()
+        reset_cache(self.client)
+        with Simulator(port=0, contracts=size, seed=SEED) as sim:
+            exchange.warm_body(sim)
+            progress(f"cold vs warm: {size:,} contracts, {runs} fresh processes with the shared snapshot and "
+                     f"{runs} without")
+            found = coldwarm.measure(sim, self.redis_url, str(folder / "coldwarm.db"), runs, SEED)
+        for name, results in (("shared", found.shared), ("database", found.database)):
+            cold = [coldwarm.work(r.cold) for r in results]
+            progress(f"cold vs warm: cold ({name}) work {sorted(cold)[len(cold) // 2]:,.0f} ms, warm "
+                     f"{sorted(coldwarm.work(r.warm) for r in results)[len(results) // 2]:,.0f} ms")
+        return found
+
     def soak(self, syncs: int) -> soak.SoakResult:
         """`syncs` consecutive steady syncs of 5,000 contracts in one child process."""
         folder = self.workdir / "soak"
@@ -298,6 +314,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="measured syncs through the Celery chain per size (default: %(default)s)")
     parser.add_argument("--chain-max-size", type=int, default=CHAIN_MAX_SIZE,
                         help="largest size timed through the Celery chain (default: %(default)s)")
+    parser.add_argument("--cold-warm-size", type=int, default=coldwarm.SIZE, metavar="N",
+                        help="contracts in the cold-vs-warm section, 0 to skip it (default: %(default)s)")
+    parser.add_argument("--cold-warm-runs", type=int, default=coldwarm.RUNS, metavar="N",
+                        help="fresh processes per kind in the cold-vs-warm section (default: %(default)s)")
     parser.add_argument("--soak", type=int, nargs="?", const=500, default=None, metavar="N",
                         help="also run N consecutive steady syncs of 5,000 contracts in one process (default N: 500)")
     parser.add_argument("--database", default=None, metavar="URL",
@@ -311,8 +331,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.sizes = sorted({int(s) for s in text.split(",") if s.strip()})
     except ValueError:
         parser.error("--sizes takes comma-separated integers")
-    if not args.sizes and not args.soak:
-        parser.error("nothing to run: give --sizes or --soak")
+    if not args.sizes and not args.soak and not args.cold_warm_size:
+        parser.error("nothing to run: give --sizes, --soak or --cold-warm-size")
+    if args.cold_warm_size and (args.cold_warm_size < 60 or args.cold_warm_runs < 1):
+        parser.error("the cold-vs-warm size must be >= 60 (or 0) and its runs >= 1")
     if (args.sizes and min(args.sizes) < 60) or (args.runs is not None and args.runs < 1) or args.chain_runs < 1:
         parser.error("sizes must be >= 60, and runs and chain runs >= 1")
     return args
@@ -322,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="twbench-"))
     soak_result: soak.SoakResult | None = None
+    cold_warm: coldwarm.ColdWarm | None = None
     try:
         with EmbeddedRedis(str(workdir / "redis.sock"), str(workdir / "redis")) as server:
             pg = postgres.Server(args.database) if args.database else None
@@ -334,13 +357,16 @@ def main(argv: list[str] | None = None) -> int:
                 runs = args.runs or default_runs(size)
                 progress(f"{size:,} contracts, {runs} run{'s' if runs > 1 else ''} per scenario")
                 bench.size(size, runs)
+            if args.cold_warm_size:
+                cold_warm = bench.cold_warm(args.cold_warm_size, args.cold_warm_runs)
             if args.soak:
                 soak_result = bench.soak(args.soak)
             meta = machine(bench.client, time.monotonic() - _START)
             bench.client.close()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    built = report.build(bench.results, soak_result, args.soak or 0, meta)
+    built = report.build(bench.results, soak_result, args.soak or 0, meta,
+                         coldwarm.summary(cold_warm) if cold_warm else None)
     print(json.dumps(built) if args.json else render(built))
     return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import operator
 import re
@@ -357,13 +358,34 @@ class ParseResult:
     duplicated: frozenset[str] = frozenset()
 
 
+# One validation remembered: (the values it was given, or None when only their fingerprint is known; the
+# normalised meta; the fingerprint of the values).
+Validated = tuple[tuple[Any, ...] | None, Meta, bytes]
+
+_pack = msgspec.msgpack.Encoder().encode
+
+
+def fingerprint(values: tuple[Any, ...]) -> bytes:
+    """A digest of a contract's values as received, equal only for values equal in type too (1, 1.0 and True
+    differ): what a registry snapshot shares of a validation instead of the values themselves."""
+    return hashlib.blake2b(_pack(values), digest_size=16).digest()
+
+
 @dataclass(slots=True)
 class ParseMemo:
-    """What parsing keeps between syncs in one process: each symbol's last validation, (the values it was given,
-    normalised meta), and the decoders made for the answer shapes seen."""
+    """What parsing keeps between syncs in one process: each symbol's last validation (Validated), and the
+    decoders made for the answer shapes seen."""
 
-    validated: dict[str, tuple[tuple[Any, ...], Meta]] = field(default_factory=dict)
+    validated: dict[str, Validated] = field(default_factory=dict)
     decoders: dict[tuple[tuple[str, bool], ...], FieldsDecoder] = field(default_factory=dict)
+
+    def seed(self, known: Iterable[tuple[str, Meta, bytes]]) -> None:
+        """Remember validations made elsewhere (symbol, meta, fingerprint of the values), for the symbols this
+        memo has none of: a validation depends on the values alone (see parse_contracts)."""
+        validated = self.validated
+        for symbol, meta, digest in known:
+            if symbol not in validated:
+                validated[symbol] = (None, meta, digest)
 
 
 def _fields(item: Any, decode: FieldsDecoder) -> tuple[tuple[Any, ...], RawJson]:
@@ -415,7 +437,7 @@ def parse_contracts(
     invalid = 0
     reasons: list[str] = []
     validated = None if memo is None else memo.validated
-    fresh: dict[str, tuple[tuple[Any, ...], Meta]] = {}
+    fresh: dict[str, Validated] = {}
     seen: dict[str, int] = {}  # copies of each readable symbol, valid or not
     valid_copies: dict[str, int] = {}
     unusable: set[str] = set()
@@ -431,9 +453,12 @@ def parse_contracts(
             if known is not None and known[0] == values:  # one tuple comparison, in C
                 contract = Contract(symbol, values[1], known[1], raw)
                 remembered = known
+            elif known is not None and known[0] is None and known[2] == (digest := fingerprint(values)):
+                contract = Contract(symbol, values[1], known[1], raw)  # validated elsewhere (a shared snapshot)
+                remembered = (values, known[1], digest)
             else:
                 contract = _validated(symbol, values[1], values[2:], raw, now_ms)
-                remembered = (values, contract.meta)
+                remembered = (values, contract.meta, fingerprint(values) if validated is not None else b"")
         except InvalidContract as exc:
             invalid += 1
             if len(reasons) < keep_reasons:

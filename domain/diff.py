@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -84,7 +83,7 @@ class Plan:
         for symbol in self.delist:
             rows[symbol] = _delisted(rows[symbol], self.now_ms, self.seen_before)
         for symbol in self.pending:
-            rows[symbol] = dataclasses.replace(
+            rows[symbol] = msgspec.structs.replace(
                 rows[symbol], missing_since=self.now_ms, last_seen=self.seen_before or rows[symbol].last_seen)
         head = RegistryHead(registry.revision + 1, self.sync_id, self.now_ms, registry.head.registry_id)
         return RegistryState(head=head, rows=rows, pending_change=self.pending_change)
@@ -92,7 +91,7 @@ class Plan:
 
 def _delisted(old: RegistryRow, now_ms: int, seen_before: int | None) -> RegistryRow:
     last_seen = old.last_seen if old.missing_since is not None or seen_before is None else seen_before
-    return dataclasses.replace(
+    return msgspec.structs.replace(
         old, status=DELISTED, is_new=False, delisted_at=now_ms, missing_since=None, last_seen=last_seen)
 
 

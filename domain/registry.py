@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from tokenwatch.domain.contracts import METADATA_COLUMNS, METADATA_FIELDS, Meta
 
 ACTIVE = "active"
@@ -19,9 +21,12 @@ STATE_COLUMNS: tuple[str, ...] = (
 TOKEN_COLUMNS: tuple[str, ...] = STATE_COLUMNS + METADATA_COLUMNS
 
 
-@dataclass(frozen=True, slots=True)
-class RegistryRow:
-    """One token as stored: lifecycle fields and normalised listing metadata."""
+class RegistryRow(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """One token as stored: lifecycle fields and normalised listing metadata.
+
+    A struct (not a dataclass) so that a registry snapshot decodes straight into rows (cache/snapshot.py); gc=False
+    because a row holds only scalars and a tuple of scalars, and 100,000 of them need not be tracked by the GC.
+    """
 
     symbol: str
     status: str

@@ -23,7 +23,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from tokenwatch import metrics, worker_memory
-from tokenwatch.cache import hot, keys, lock
+from tokenwatch.cache import hot, keys, lock, snapshot
 from tokenwatch.clock import HOUR_MS, Timer, now_ms, paused_gc
 from tokenwatch.db.queries import load_head, load_registry, sync_run
 from tokenwatch.db.writer import apply_plan, record_outcome, sync_run_row
@@ -316,6 +316,8 @@ def diff(ctx: StepContext, state: SyncState) -> SyncState:
             )
         except redis.RedisError as exc:
             state.cache_error = f"cache stale: Redis unavailable ({one_line(exc)})"
+        else:
+            _share_registry(ctx, state)
     ctx.handoff.put_plan(state.sync_id, plan)
     state.add_time("cache", timer.ms())
     state.counts = dict(plan.counts)
@@ -385,9 +387,39 @@ def warn_invalid(process: ProcessState, parsed: ParseResult) -> None:
 
 
 def load_state(ctx: StepContext) -> RegistryState:
-    """The registry to diff against: this process's own when it may be trusted, else one read of the database."""
+    """The registry to diff against: this process's own when it may be trusted, else the one another process
+    shared for this very head, else one read of the database."""
     engine = ctx.engine()
-    return ctx.process.trusted_registry(load_head(engine)) or load_registry(engine)
+    head = load_head(engine)
+    return ctx.process.trusted_registry(head) or _shared_registry(ctx, head) or load_registry(engine)
+
+
+def _shared_registry(ctx: StepContext, head: RegistryHead) -> RegistryState | None:
+    """The registry another process's diff shared for exactly this head (cache/snapshot.py), its validations
+    handed to this process's parse memo; None when there is none to trust or Redis does not answer."""
+    if ctx.redis is None:
+        return None
+    try:
+        shared = snapshot.load(ctx.redis, head)
+    except redis.RedisError as exc:
+        log.debug("registry snapshot not read (%s): reading the database", one_line(exc))
+        return None
+    if shared is None:
+        return None
+    registry, validations = shared
+    ctx.process.memo.seed(validations)
+    return registry
+
+
+def _share_registry(ctx: StepContext, state: SyncState) -> None:
+    """Share the registry this sync's plan will leave, for whichever process runs the next diff."""
+    expected = ctx.process.expected
+    if ctx.redis is None or expected is None or expected[0] != state.sync_id:
+        return
+    try:
+        snapshot.publish(ctx.redis, expected[1], ctx.process.memo)
+    except redis.RedisError as exc:  # the next diff elsewhere reads the database instead
+        log.debug("registry snapshot not shared (%s)", one_line(exc))
 
 
 def decode_contract_list(body: bytes | bytearray) -> Sequence[RawJson]:
