@@ -19,7 +19,7 @@ import redis
 
 from benchmarks import exchange
 from benchmarks.child import Pause, in_child
-from tokenwatch import pipeline, process
+from tokenwatch import pipeline, prepare, process
 from tokenwatch.cache import snapshot
 from tokenwatch.db.engine import make_engine
 from tokenwatch.db.queries import load_head
@@ -42,6 +42,7 @@ class ColdJob:
     redis_url: str
     db_path: str
     shared: bool
+    prepared: bool = True
 
 
 @dataclass(slots=True)
@@ -87,6 +88,8 @@ def cold_then_warm(job: ColdJob, pause: Pause) -> ColdResult:
     logging.getLogger("tokenwatch").setLevel(logging.ERROR)
     settings = _settings(job)
     source = _head_source(job, settings)
+    if job.prepared:
+        prepare.prepare(settings, process.current())  # what a worker's pool process does when it starts
     pause()
     cold = _phases(settings)
     warm: dict[str, float] = {}

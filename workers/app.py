@@ -15,6 +15,7 @@ from celery import Celery, signals
 from celery.app.trace import LOG_SUCCESS
 from celery.exceptions import CPendingDeprecationWarning
 
+from tokenwatch import prepare, process
 from tokenwatch.errors import ConfigError
 from tokenwatch.lifeline import die_with_parent
 from tokenwatch.settings import get_settings
@@ -93,3 +94,10 @@ class ShortResults(logging.Filter):
 # the worker sends its log.
 logging.getLogger("celery.app.trace").addFilter(ShortResults())
 
+
+def _prepare_for_syncs(**_: Any) -> None:
+    """Open the registry and compile the write statements now, not inside this process's first sync."""
+    prepare.prepare(get_settings(), process.current())
+
+
+signals.worker_process_init.connect(_prepare_for_syncs)
