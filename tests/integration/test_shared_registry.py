@@ -74,8 +74,9 @@ def test_a_fresh_process_diffs_from_the_snapshot_as_from_the_database(
     redis_client.unlink(snapshot.snapshot_key(head.registry_id or ""))
     from_db = load_state(read)
     assert seeded(read) == 0 and from_db.head == head
+    stored = load_registry(writer.engine(settings.database_url)).rows
     assert {s: (r.status, r.contract_status, r.meta) for s, r in registry.rows.items()} == {
-        s: (r.status, r.contract_status, r.meta) for s, r in load_registry(writer.engine(settings.database_url)).rows.items()}
+        s: (r.status, r.contract_status, r.meta) for s, r in stored.items()}
 
     fetched_at = now_ms()
     plans = []
