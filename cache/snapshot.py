@@ -2,10 +2,11 @@
 
 With several processes the diff lands on any of them, and one that did not build the last plan would read every
 row of the database and validate every contract again. The diff step shares what it holds instead: the rows its
-plan leaves, and a fingerprint of the values each contract's validation was given. The snapshot is trusted only
-under the rule the in-process registry follows (ProcessState.trusted_registry): its head is the registry's head
-now, the same registry id, revision and sync id. A sync id is never reused, so a plan that was not committed,
-another registry, another writer's commit or a restored backup all leave another head, and the database is read.
+plan leaves, and the values each contract's validation was given, packed (domain.contracts.fingerprint). The
+snapshot is trusted only under the rule the in-process registry follows (ProcessState.trusted_registry): its
+head is the registry's head now, the same registry id, revision and sync id. A sync id is never reused, so a
+plan that was not committed, another registry, another writer's commit or a restored backup all leave another
+head, and the database is read.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class _Snapshot(msgspec.Struct, array_like=True):
     last_fetched_at: int | None
     pending_change: str | None
     rows: list[RegistryRow]
-    # Per row: the fingerprint of the values its metadata was validated from (domain.contracts.fingerprint),
+    # Per row: the packed values its metadata was validated from (domain.contracts.fingerprint),
     # or None when this process did not validate its metadata (a delisted row, say).
     fingerprints: list[bytes | None]
 
@@ -55,7 +56,7 @@ def publish(client: redis.Redis, registry: RegistryState, memo: ParseMemo, ttl_s
     rows = list(registry.rows.values())
     validated = memo.validated
     fingerprints = [
-        known[2] if (known := validated.get(row.symbol)) is not None and known[2] and known[1] == row.meta else None
+        known[0] if (known := validated.get(row.symbol)) is not None and known[1] == row.meta else None
         for row in rows
     ]
     payload = _encode(_Snapshot(FORMAT, head.registry_id, head.revision, head.last_sync_id, head.last_fetched_at,

@@ -75,9 +75,15 @@ class Plan:
             pending_change=data.get("pending_change"),
         )
 
-    def apply_to(self, registry: RegistryState) -> RegistryState:
-        """The registry as it will be once this plan is committed (for the in-process snapshot)."""
+    def apply_to(self, registry: RegistryState, contracts: Mapping[str, Contract] | None = None) -> RegistryState:
+        """The registry as it will be once this plan is committed (for the in-process snapshot). A row whose
+        metadata equals that of its contract in contracts (the answer the plan was built from) takes the
+        contract's tuple: the registry and the parse memo then hold one copy of it, not two."""
         rows = dict(registry.rows)
+        for symbol, contract in (contracts or {}).items():
+            row = rows.get(symbol)
+            if row is not None and row.meta is not contract.meta and row.meta == contract.meta:
+                rows[symbol] = msgspec.structs.replace(row, meta=contract.meta)
         for row in self.upserts:
             rows[row.symbol] = row
         for symbol in self.delist:

@@ -316,8 +316,8 @@ def diff(ctx: StepContext, state: SyncState) -> SyncState:
             )
         except redis.RedisError as exc:
             state.cache_error = f"cache stale: Redis unavailable ({one_line(exc)})"
-        else:
-            _share_registry(ctx, state)
+        del entries, kept  # the answer they slice goes before the snapshot is encoded, not after
+        _share_registry(ctx, state)
     ctx.handoff.put_plan(state.sync_id, plan)
     state.add_time("cache", timer.ms())
     state.counts = dict(plan.counts)
@@ -359,7 +359,7 @@ def _build(
         invalid=parsed.invalid, max_drop_pct=settings.max_drop_pct, still_listed=still_listed,
         unconfirmed=unconfirmed, unusable=parsed.unusable,
     )
-    ctx.process.expect(plan.sync_id, plan.apply_to(registry))
+    ctx.process.expect(plan.sync_id, plan.apply_to(registry, parsed.contracts))
     # The per-symbol checks are network time: counted in api, not in process.
     state.add_time("api", confirm_ms)
     state.add_time("process", timer.ms() - confirm_ms)

@@ -50,8 +50,8 @@ def answer(ctx: StepContext) -> bytes:
 
 
 def seeded(ctx: StepContext) -> int:
-    """How many validations this process holds from a shared snapshot (and has not used yet)."""
-    return sum(1 for entry in ctx.process.memo.validated.values() if entry[0] is None)
+    """How many validations this process holds (before its first parse: only those of a shared snapshot)."""
+    return len(ctx.process.memo.validated)
 
 
 def test_a_fresh_process_diffs_from_the_snapshot_as_from_the_database(

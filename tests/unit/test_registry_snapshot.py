@@ -68,7 +68,7 @@ def test_the_registry_comes_back_exactly_for_its_own_head(
     assert state.rows == registry.rows
     assert state.head == registry.head and state.pending_change == registry.pending_change
     assert {(s, meta, digest) for s, meta, digest in validations} == {
-        (s, memo.validated[s][1], memo.validated[s][2]) for s in SYMBOLS}
+        (s, memo.validated[s][1], memo.validated[s][0]) for s in SYMBOLS}
 
 
 @pytest.mark.parametrize("head", [
@@ -141,8 +141,7 @@ def test_seeded_validations_skip_revalidation_only_for_the_same_values(
     assert parsed.contracts["XBTUSDTM"].meta is rows["XBTUSDTM"].meta  # taken from the snapshot, not rebuilt
     assert parsed.contracts["ETHUSDTM"].meta != rows["ETHUSDTM"].meta
     assert parsed.contracts["SOLUSDTM"].meta is not rows["SOLUSDTM"].meta  # validated again
-    # Every entry now holds the values themselves: the next sync compares them directly.
-    assert all(entry[0] is not None for entry in fresh.validated.values())
+    assert set(fresh.validated) == {"XBTUSDTM", "ETHUSDTM", "SOLUSDTM"}
 
 
 def test_a_seeded_fingerprint_never_admits_an_invalid_contract(
