@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import operator
 import re
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -200,7 +201,7 @@ def parse_contract(obj: Any) -> Contract:
 
 
 def _validated(symbol: Any, status: Any, raw_meta: tuple[Any, ...], raw: RawJson, now_ms: int | None = None,
-               ) -> Contract:
+               floats: dict[float, float] | None = None) -> Contract:
     required = (symbol, raw_meta[_TYPE_AT], status, *(raw_meta[i] for i in _CURRENCIES_AT))  # REQUIRED's order
     for key, value in zip(REQUIRED, required, strict=True):
         if not isinstance(value, str) or not value:
@@ -221,7 +222,19 @@ def _validated(symbol: Any, status: Any, raw_meta: tuple[Any, ...], raw: RawJson
     if leverage is not None and not 0 < leverage <= 10_000:
         raise InvalidContract("maxLeverage is not plausible")
     _check_dates(meta, now_ms)
+    if floats is not None:
+        meta = _shared(meta, floats)
     return Contract(symbol=symbol, status=status, meta=meta, raw=raw)
+
+
+def _shared(meta: Meta, floats: dict[float, float]) -> Meta:
+    """meta with its strings interned and each non-zero float replaced by an equal one met before (in floats):
+    a registry holds one copy of "USDT" or of a fee rate, not one per contract (half its memory)."""
+    return tuple(
+        sys.intern(value) if type(value) is str else floats.setdefault(value, value) if type(value) is float and value
+        else value  # a zero stays itself: 0.0 and -0.0 are equal as keys
+        for value in meta
+    )
 
 
 def _check_dates(meta: Meta, now_ms: int | None) -> None:
@@ -443,6 +456,7 @@ def parse_contracts(
     valid_copies: dict[str, int] = {}
     unusable: set[str] = set()
     decode: FieldsDecoder | None = None
+    floats: dict[float, float] = {}  # the floats of this parse's metadata, one object per value
     for index, item in enumerate(items):
         if decode is None:
             decode = fields_decoder(item, None if memo is None else memo.decoders)
@@ -456,7 +470,7 @@ def parse_contracts(
                 contract = Contract(symbol, values[1], known[1], raw)
                 remembered: Validated | None = known
             else:
-                contract = _validated(symbol, values[1], values[2:], raw, now_ms)
+                contract = _validated(symbol, values[1], values[2:], raw, now_ms, floats)
                 remembered = (packed, contract.meta) if packed is not None else None
         except InvalidContract as exc:
             invalid += 1
