@@ -36,7 +36,7 @@ class _Snapshot(msgspec.Struct, array_like=True):
     fingerprints: list[bytes | None]
 
 
-_encode = msgspec.msgpack.Encoder().encode
+_encoder = msgspec.msgpack.Encoder()
 _decode = msgspec.msgpack.Decoder(_Snapshot).decode
 
 Validations = list[tuple[str, Meta, bytes]]
@@ -59,8 +59,10 @@ def publish(client: redis.Redis, registry: RegistryState, memo: ParseMemo, ttl_s
         known[0] if (known := validated.get(row.symbol)) is not None and known[1] == row.meta else None
         for row in rows
     ]
-    payload = _encode(_Snapshot(FORMAT, head.registry_id, head.revision, head.last_sync_id, head.last_fetched_at,
-                                registry.pending_change, rows, fingerprints))
+    # Into one buffer grown in place: encode() would build the payload and then copy it (twice its size at once).
+    payload = bytearray()
+    _encoder.encode_into(_Snapshot(FORMAT, head.registry_id, head.revision, head.last_sync_id,
+                                   head.last_fetched_at, registry.pending_change, rows, fingerprints), payload)
     del rows, fingerprints
     staging.put(client, snapshot_key(head.registry_id), payload, ttl_s)
     return True
