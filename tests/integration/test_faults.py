@@ -21,6 +21,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import redis
 import requests
@@ -585,13 +586,40 @@ SQL_SYMBOL = "X'); DROP TABLE tokens;--"
 ANSI_SYMBOL = "EVIL\n\x1b[31mUSDTM\x1b[0m"
 
 
+SNAPSHOT_PREFIX = b"tokenwatch:registry:"
+
+
+def snapshot_text(payload: bytes) -> bytes:
+    """Every string and number a registry snapshot holds (cache/snapshot.py), its packed values unpacked: the
+    snapshot is binary msgpack, whose framing bytes may equal any one character searched for."""
+    leaves: list[str] = []
+
+    def walk(item: Any) -> None:
+        if isinstance(item, bytes):
+            walk(msgspec.msgpack.decode(item))
+        elif isinstance(item, list | tuple):
+            for child in item:
+                walk(child)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                walk(key)
+                walk(child)
+        elif item is not None:
+            leaves.append(str(item))
+
+    walk(msgspec.msgpack.decode(payload))
+    return "\n".join(leaves).encode()
+
+
 def redis_text(client: redis.Redis) -> bytes:
     """Every key and value in Redis, concatenated (to search for text that must not be stored)."""
     parts: list[bytes] = []
     for key in client.scan_iter():
         parts.append(key)
         kind = client.type(key).decode()
-        if kind == "string":
+        if kind == "string" and key.startswith(SNAPSHOT_PREFIX):
+            parts.append(snapshot_text(client.get(key) or b""))
+        elif kind == "string":
             parts.append(client.get(key) or b"")
         elif kind == "hash":
             parts.extend(k + v for k, v in client.hgetall(key).items())
