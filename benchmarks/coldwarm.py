@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,7 @@ from tokenwatch.settings import Settings
 from tokenwatch.simulator import Simulator
 
 SIZE = 5000
-RUNS = 5
+RUNS = 7
 WARM_SYNCS = 2  # syncs after the cold one; the last is the warm figure (the first fills what the cold one began)
 WORK = ("db_load", "process", "batch_write")
 PHASES = ("api", *WORK, "cache")
@@ -60,10 +61,14 @@ def _settings(job: ColdJob) -> Settings:
 
 
 def _phases(settings: Settings) -> dict[str, float]:
+    cpu = time.process_time()
     outcome = pipeline.sync_inline(settings)
+    cpu_ms = (time.process_time() - cpu) * 1000.0
     if outcome.status != "ok":
         raise RuntimeError(f"the sync was {outcome.status}: {outcome.error}")
-    return {phase: float(outcome.timings_ms.get(phase, 0.0)) for phase in PHASES}
+    # The process's CPU time over the whole sync (network waits excluded, its own HTTP and Redis work included):
+    # steadier than wall time on a host shared with other work.
+    return {**{phase: float(outcome.timings_ms.get(phase, 0.0)) for phase in PHASES}, "cpu": cpu_ms}
 
 
 def _head_source(job: ColdJob, settings: Settings) -> str:
@@ -160,8 +165,10 @@ def summary(result: ColdWarm) -> dict[str, Any]:
         cold = [work(r.cold) for r in runs]
         out[name] = {
             "cold_ms": _stat(cold), "sources": sorted({r.source for r in runs}),
-            "phases": {p: _stat([r.cold[p] for r in runs]) for p in PHASES},
+            "phases": {p: _stat([r.cold[p] for r in runs]) for p in (*PHASES, "cpu")},
             "ratio": statistics.median(cold) / warm_median if cold and warm_median else None,
+            "cpu_ratio": statistics.median(r.cold["cpu"] for r in runs) / statistics.median(
+                r.warm["cpu"] for r in (*result.shared, *result.database)) if runs else None,
         }
-    out["warm_phases"] = {p: _stat([r.warm[p] for r in (*result.shared, *result.database)]) for p in PHASES}
+    out["warm_phases"] = {p: _stat([r.warm[p] for r in (*result.shared, *result.database)]) for p in (*PHASES, "cpu")}
     return out

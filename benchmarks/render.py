@@ -137,14 +137,18 @@ def _cold_warm_block(cw: dict[str, Any] | None) -> list[str]:
         _row("ms: median [min-max]", list(kinds)),
     ]
     for phase in cw["warm_phases"]:
-        lines.append(_row(phase, [_s(cells[k][phase]) for k in kinds]))
-    lines.append(_row("work: db_load+process+batch", [_s(cw["warm_ms"]), _s(cw["shared"]["cold_ms"]),
+        label = "cpu (whole sync)" if phase == "cpu" else phase
+        lines.append(_row(label, [_s(cells[k][phase]) for k in kinds]))
+    lines.append(_row("work (no api, no cache)", [_s(cw["warm_ms"]), _s(cw["shared"]["cold_ms"]),
                                                      _s(cw["database"]["cold_ms"])]))
-    lines.append(_row("cold / warm", ["1.00x", f"{cw['shared']['ratio']:.2f}x", f"{cw['database']['ratio']:.2f}x"]))
+    lines.append(_row("cold / warm (work)", ["1.00x", f"{cw['shared']['ratio']:.2f}x",
+                                              f"{cw['database']['ratio']:.2f}x"]))
+    lines.append(_row("cold / warm (cpu)", ["1.00x", f"{cw['shared']['cpu_ratio']:.2f}x",
+                                             f"{cw['database']['cpu_ratio']:.2f}x"]))
     lines.append("  cold: the first sync of a freshly spawned process, prepared as a worker's pool process is when it "
                  "starts (tokenwatch.prepare: registry engines opened, write statements compiled); 'database read': "
                  "the shared registry snapshot deleted first, as before it existed. warm: the same process's third "
-                 "sync")
+                 "sync. work = db_load + process + batch_write; cpu: the process's CPU time over the whole sync")
     return lines
 
 

@@ -231,7 +231,8 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         f"cold sync within {COLD_TARGET:g}x of warm at 5,000", ratio,
         None if ratio is None or cold_warm is None or cold_warm["size"] != 5000 else ratio <= COLD_TARGET,
         "not measured (--cold-warm-size 5000)" if ratio is None or shared is None or cold_warm is None else
-        f"{ratio:.2f}x at {cold_warm['size']:,}: {shared['cold_ms']['median']:.0f} against "
+        f"{ratio:.2f}x at {cold_warm['size']:,} (CPU time: {shared['cpu_ratio']:.2f}x): "
+        f"{shared['cold_ms']['median']:.0f} against "
         f"{cold_warm['warm_ms']['median']:.0f} ms (db_load+process+batch_write; reading the database instead of "
         f"the shared snapshot: {cold_warm['database']['ratio']:.2f}x)",
     ))
