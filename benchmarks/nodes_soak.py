@@ -1,6 +1,9 @@
 """Soak of two nodes on PostgreSQL: many consecutive syncs with churn, one node SIGKILLed and restarted now and then.
 
 ``python -m benchmarks.nodes_soak [--syncs 1000] [--contracts 5000] [--churn-pct 2] [--restart-every 100]``
+``python -m benchmarks.nodes_soak --compare-nodes --syncs 60 --kinds params --churn-pct 1 --restart-every 0``
+runs the same steady scenario with one node and then two, and compares their per-phase medians (issue 15's
+"steady 5,000 through two nodes within 1.25x of one node").
 
 A fresh PostgreSQL database and a private redis-server for the run, the simulator in this process, two
 ``tokenwatch run`` nodes. Every sync is preceded by scripted churn (listings, delistings, pauses and resumes,
@@ -26,7 +29,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +58,9 @@ GONE_TIMEOUT_S = 60.0
 # A node killed inside a sync leaves the sync lock to a sync that is gone: the next syncs are skipped until its
 # heartbeat lapses (up to the handoff's 60 s), so a step is given this long before the soak gives up on it.
 GIVE_UP_S = 600.0
+TWO_NODE_LIMIT = 1.25  # issue 15: steady syncs through two nodes within this factor of one node's
+COMPARED = ("api", "db_load", "process", "batch_write", "cache", "total", "work", "wall")
+WORK = ("db_load", "process", "batch_write")  # the sync's own work: network and the cache excluded
 
 
 # ---- pure parts: the churn planner, the ledger of expected events, the verification --------------------------
@@ -206,6 +212,35 @@ def percentile(values: Sequence[float], pct: float) -> float:
     """The nearest-rank percentile of values."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(pct / 100.0 * len(ordered) + 0.5) - 1))]
+
+
+def phase_medians(timings: Sequence[Mapping[str, float]], warmup: int) -> dict[str, float]:
+    """Median ms of each compared phase over the syncs after the first warmup; work is summed per sync first, so
+    it is the median sync's db_load + process + batch_write, not a sum of medians."""
+    kept = timings[warmup:]
+    if not kept:
+        raise ValueError(f"no sync left after a warm-up of {warmup}")
+    with_work = [{**t, "work": sum(t.get(phase, 0.0) for phase in WORK)} for t in kept]
+    return {phase: statistics.median(values) for phase in COMPARED
+            if (values := [t[phase] for t in with_work if phase in t])}
+
+
+def compare_lines(one: Mapping[str, float], two: Mapping[str, float], syncs: tuple[int, int],
+                  limit: float = TWO_NODE_LIMIT) -> tuple[list[str], bool]:
+    """The comparison table of one node's medians against two nodes', the ratios and the verdict on total and
+    work; and whether both are within limit."""
+    phases = [p for p in COMPARED if p in one and p in two]
+    lines = [f"  {'median ms':<11}" + "".join(f"{p:>12}" for p in phases),
+             f"  {'1 node':<11}" + "".join(f"{one[p]:>12.1f}" for p in phases),
+             f"  {'2 nodes':<11}" + "".join(f"{two[p]:>12.1f}" for p in phases),
+             f"  {'2 / 1':<11}" + "".join(f"{two[p] / one[p]:>11.2f}x" if one[p] else f"{'-':>12}"
+                                          for p in phases)]
+    judged = {p: two[p] / one[p] for p in ("total", "work") if one.get(p) and p in two}
+    held = len(judged) == 2 and all(ratio <= limit for ratio in judged.values())
+    verdict = ", ".join(f"{p} {ratio:.2f}x" for p, ratio in judged.items()) or "nothing to compare"
+    lines.append(f"{'PASS' if held else 'FAIL'}: steady syncs through two nodes {verdict} of one node's "
+                 f"(target within {limit:g}x; medians of {syncs[0]} and {syncs[1]} syncs after warm-up)")
+    return lines, held
 
 
 # ---- the stores, the nodes -------------------------------------------------------------------------------------
@@ -363,6 +398,7 @@ class Run:
     statuses: Counter[str] = field(default_factory=Counter)
     sync_wall_ms: list[float] = field(default_factory=list)
     phases_ms: dict[str, list[float]] = field(default_factory=dict)  # the accepted syncs' own phase timings
+    timings: list[dict[str, float]] = field(default_factory=list)  # the same per sync, with its wall time
     samples: list[Sample] = field(default_factory=list)
     restarts: list[tuple[int, str, float]] = field(default_factory=list)  # (after sync, node, seconds to gone)
     errors: Counter[str] = field(default_factory=Counter)
@@ -448,6 +484,7 @@ def _sync_until_ok(run: Run, accepted: frozenset[str], timeout_s: float) -> None
             run.sync_wall_ms.append(1000.0 * (time.perf_counter() - started))
             for phase, ms in timings.items():
                 run.phases_ms.setdefault(phase, []).append(float(ms))
+            run.timings.append({**{p: float(ms) for p, ms in timings.items()}, "wall": run.sync_wall_ms[-1]})
             return
         if error:
             run.errors[error[:120]] += 1
@@ -531,8 +568,9 @@ def _observe(database_url: str, redis_url: str, sim: Simulator) -> Observed:
                     answer=answer, redis_mb=redis_mb, database_mb=database_mb)
 
 
-def soak(args: argparse.Namespace, database_url: str, redis_url: str, workdir: Path) -> int:
-    """Run the syncs, restart the nodes, sample memory, verify; print the report. Returns the exit status."""
+def soak(args: argparse.Namespace, database_url: str, redis_url: str, workdir: Path) -> tuple[int, Run]:
+    """Run the syncs, restart the nodes, sample memory, verify; print the report. Returns the exit status and what
+    the run saw."""
     rng = random.Random(args.seed)
     sim = Simulator(contracts=args.contracts, seed=args.seed, host="127.0.0.1").start()
     shared = {"TOKENWATCH_REDIS_URL": redis_url, "TOKENWATCH_DATABASE_URL": database_url,
@@ -543,7 +581,7 @@ def soak(args: argparse.Namespace, database_url: str, redis_url: str, workdir: P
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWATCH_")} | shared
     nodes = [Node(name, base_env | {"TOKENWATCH_NODE_NAME": name, "TOKENWATCH_DATA_DIR": str(workdir / name),
                                     "TOKENWATCH_FLOWER_PORT": str(free_port())}, workdir / f"{name}.log")
-             for name in NODES]
+             for name in NODES[:args.nodes]]
     run = Run()
     ledger = Ledger()
     registry = create_engine(database_url, pool_size=1)
@@ -556,7 +594,8 @@ def soak(args: argparse.Namespace, database_url: str, redis_url: str, workdir: P
         _sync_until_ok(run, frozenset({"ok", "baseline"}), args.sync_timeout)
         run.sync_wall_ms.clear()
         run.phases_ms.clear()
-        sample_every = max(1, min(args.sample_every, args.restart_every))
+        run.timings.clear()
+        sample_every = max(1, min(args.sample_every, args.restart_every or args.sample_every))
         paused = {s for s in sim.symbols() if sim.contract(s)["status"] == "Paused"}  # then kept by the steps
         for step in range(1, args.syncs + 1):
             open_symbols = [s for s in sim.symbols() if s not in paused]
@@ -564,8 +603,8 @@ def soak(args: argparse.Namespace, database_url: str, redis_url: str, workdir: P
             apply_churn(sim, churn, ledger)
             paused = paused.difference(churn.resume).union(churn.pause)
             sim.tick(args.tick_fraction)
-            restart = step % args.restart_every == 0 and step < args.syncs
-            victim = nodes[(step // args.restart_every - 1) % len(nodes)]
+            restart = bool(args.restart_every) and step % args.restart_every == 0 and step < args.syncs
+            victim = nodes[(step // (args.restart_every or 1) - 1) % len(nodes)]
             killer: Killer | None = None
             if restart and args.kill_in_flight:
                 # Somewhere inside this step's sync: the recent median is about how long one takes.
@@ -600,22 +639,24 @@ def soak(args: argparse.Namespace, database_url: str, redis_url: str, workdir: P
         sim.stop()
         registry.dispose()
     problems = verify(ledger, seen)
-    lines, memory_problems = memory_lines(run.samples, NODES)
+    lines, memory_problems = memory_lines(run.samples, [node.name for node in nodes])
     problems += memory_problems
     print(report(args, run, ledger, seen, lines, time.monotonic() - began))
     for problem in problems:
         print(f"FAILED: {problem}")
-    return 1 if problems else 0
+    return 1 if problems else 0, run
 
 
 def report(args: argparse.Namespace, run: Run, ledger: Ledger, seen: Observed, memory: list[str],
            elapsed_s: float) -> str:
     """The closing figures, as printed."""
     statuses = ", ".join(f"{k} {v}" for k, v in sorted(run.statuses.items()))
+    killed = (f"one killed ({'every process' if args.kill_tree else 'tokenwatch run'}, "
+              f"{'during' if args.kill_in_flight else 'after'} a sync) every {args.restart_every} syncs"
+              if args.restart_every else "no restarts")
     lines = [
-        f"nodes soak: {args.syncs} syncs of {args.contracts} contracts, {args.churn_pct:g}% churn per sync, "
-        f"2 nodes on PostgreSQL, one killed ({'every process' if args.kill_tree else 'tokenwatch run'}, "
-        f"{'during' if args.kill_in_flight else 'after'} a sync) every {args.restart_every} syncs",
+        f"nodes soak: {args.syncs} syncs of {args.contracts} contracts, {args.churn_pct:g}% churn per sync "
+        f"({','.join(args.kinds)}), {args.nodes} node{'s' if args.nodes > 1 else ''} on PostgreSQL, {killed}",
         f"  attempts {run.attempts} ({statuses})",
         f"  per sync (trigger to outcome): median {statistics.median(run.sync_wall_ms):.0f} ms, p95 "
         f"{percentile(run.sync_wall_ms, 95):.0f} ms",
@@ -640,11 +681,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--syncs", type=int, default=1000)
     parser.add_argument("--contracts", type=int, default=5000)
-    parser.add_argument("--churn-pct", type=float, default=2.0, help="contracts changed before each sync, in %%")
-    parser.add_argument("--restart-every", type=int, default=100, help="SIGKILL and restart a node every N syncs")
-    parser.add_argument("--kinds", type=lambda text: tuple(text.split(",")), default=KINDS,
+    parser.add_argument("--churn-pct", type=float, default=None,
+                        help="contracts changed before each sync, in %% (default 2; 1 with --compare-nodes)")
+    parser.add_argument("--restart-every", type=int, default=None,
+                        help="SIGKILL and restart a node every N syncs, 0 never (default 100; 0 with --compare-nodes)")
+    parser.add_argument("--nodes", type=int, choices=(1, 2), default=2, help="how many nodes run")
+    parser.add_argument("--compare-nodes", action="store_true",
+                        help="run the scenario with one node, then with two, and compare their phase medians")
+    parser.add_argument("--warmup", type=int, default=5,
+                        help="syncs after the baseline left out of --compare-nodes' medians")
+    parser.add_argument("--kinds", type=lambda text: tuple(text.split(",")), default=None,
                         help="the churn's kinds, of new,delist,flip,params (default all: listings and delistings "
-                        "grow the registry, since delisted rows are kept)")
+                        "grow the registry, since delisted rows are kept; params with --compare-nodes)")
     parser.add_argument("--kill-in-flight", action="store_true",
                         help="kill the node while the restart step's sync runs, not after it")
     parser.add_argument("--kill-tree", action="store_true",
@@ -662,8 +710,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the database and the nodes' logs")
     args = parser.parse_args(argv)
-    if args.syncs < 1 or args.contracts < 100 or args.restart_every < 1 or not 0 <= args.churn_pct <= 20:
-        parser.error("need --syncs >= 1, --contracts >= 100, --restart-every >= 1, 0 <= --churn-pct <= 20")
+    # --compare-nodes measures the steady sync: about 1% of listing metadata moved, no listing, no restart.
+    steady = args.compare_nodes
+    for name, usual, compared in (("churn_pct", 2.0, 1.0), ("restart_every", 100, 0), ("kinds", KINDS, ("params",))):
+        if getattr(args, name) is None:
+            setattr(args, name, compared if steady else usual)
+    if args.syncs < 1 or args.contracts < 100 or args.restart_every < 0 or not 0 <= args.churn_pct <= 20:
+        parser.error("need --syncs >= 1, --contracts >= 100, --restart-every >= 0, 0 <= --churn-pct <= 20")
+    if args.compare_nodes and not 0 <= args.warmup < args.syncs:
+        parser.error("--compare-nodes needs 0 <= --warmup < --syncs")
     if not args.kinds or not set(args.kinds) <= set(KINDS):
         parser.error(f"--kinds takes some of {','.join(KINDS)}")
     if not args.database.startswith("postgresql+psycopg://"):
@@ -674,6 +729,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point."""
     args = parse_args(argv)
+    if not args.compare_nodes:
+        return run_once(args)[0]
+    medians: list[dict[str, float]] = []
+    status = 0
+    with contextlib.ExitStack() as stack:
+        if args.redis_url is None:
+            # This process's Celery app keeps the broker it first connected to: both runs use one Redis, which
+            # run_once flushes before each.
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="tw-nodes-redis-"))
+            args.redis_url = stack.enter_context(private_redis(Path(folder)))
+        for nodes in (1, 2):
+            print(f"-- {nodes} node{'s' if nodes > 1 else ''}", file=sys.stderr, flush=True)
+            code, run = run_once(argparse.Namespace(**{**vars(args), "nodes": nodes}))
+            status = max(status, code)
+            medians.append(phase_medians(run.timings, args.warmup))
+    lines, held = compare_lines(medians[0], medians[1], (args.syncs - args.warmup, args.syncs - args.warmup))
+    print(f"one node against two: {args.contracts} contracts, {args.syncs} syncs each ({args.warmup} warm-up left "
+          f"out), {args.churn_pct:g}% churn ({','.join(args.kinds)}), market data moved on "
+          f"{args.tick_fraction:.0%} before each sync", *lines, sep="\n")
+    return status or (0 if held else 1)
+
+
+def run_once(args: argparse.Namespace) -> tuple[int, Run]:
+    """One soak in a database, a Redis and a folder of its own: its exit status and what it saw."""
     workdir = Path(tempfile.mkdtemp(prefix="tw-nodes-soak-"))
     try:
         with fresh_database(args.database, args.keep) as database_url, contextlib.ExitStack() as stack:

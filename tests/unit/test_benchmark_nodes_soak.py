@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import pytest
+
 from benchmarks.nodes_soak import (
     PARAM,
     PARAM_AT,
@@ -15,7 +17,10 @@ from benchmarks.nodes_soak import (
     Observed,
     Sample,
     apply_churn,
+    compare_lines,
     memory_lines,
+    parse_args,
+    phase_medians,
     plan_churn,
     verify,
 )
@@ -162,3 +167,48 @@ def test_growth_no_faster_than_the_registry_rows_is_allowed() -> None:
     tree = [300.0 + 10.0 * i for i in range(28)]
     assert memory_lines(_life("a", 1, tree, [120.0] * 28, [5000 + 500 * i for i in range(28)]), ["a"])[1] == []
     assert memory_lines(_life("a", 1, tree, [120.0] * 28, [5000] * 28), ["a"])[1] != []
+
+
+def _sync(db_load: float, process: float, batch_write: float, total: float) -> dict[str, float]:
+    return {"api": 50.0, "db_load": db_load, "process": process, "batch_write": batch_write, "cache": 10.0,
+            "total": total, "wall": total + 5.0}
+
+
+def test_phase_medians_leave_out_the_warm_up_and_take_the_median_sync_s_work() -> None:
+    warm_up = [_sync(900.0, 900.0, 900.0, 3000.0)] * 2
+    syncs = [_sync(10.0, 50.0, 5.0, 150.0), _sync(40.0, 20.0, 5.0, 140.0), _sync(30.0, 30.0, 30.0, 200.0)]
+    medians = phase_medians([*warm_up, *syncs], warmup=2)
+    # work is per sync (65, 65, 90), not the sum of the phases' medians (30 + 30 + 5)
+    assert medians["work"] == 65.0 and medians["db_load"] == 30.0 and medians["total"] == 150.0
+    assert medians["wall"] == 155.0 and medians["api"] == 50.0
+
+
+def test_phase_medians_need_a_sync_past_the_warm_up() -> None:
+    with pytest.raises(ValueError, match="warm-up of 3"):
+        phase_medians([_sync(1.0, 1.0, 1.0, 3.0)] * 3, warmup=3)
+
+
+def test_two_nodes_within_the_limit_on_total_and_work_pass() -> None:
+    one = phase_medians([_sync(20.0, 50.0, 10.0, 160.0)], 0)
+    two = phase_medians([_sync(30.0, 55.0, 10.0, 190.0)], 0)
+    lines, held = compare_lines(one, two, (55, 55))
+    assert held and lines[-1].startswith("PASS") and "total 1.19x, work 1.19x" in lines[-1]
+    assert lines[0].split()[2:] == ["api", "db_load", "process", "batch_write", "cache", "total", "work", "wall"]
+    assert lines[3].split()[4] == "1.50x"  # db_load's ratio, shown though not judged
+
+
+def test_either_total_or_work_over_the_limit_fails() -> None:
+    one = phase_medians([_sync(20.0, 50.0, 10.0, 160.0)], 0)
+    slower_work = phase_medians([_sync(60.0, 50.0, 10.0, 190.0)], 0)  # work 1.5x, total 1.19x
+    lines, held = compare_lines(one, slower_work, (55, 55))
+    assert not held and lines[-1].startswith("FAIL") and "work 1.50x" in lines[-1]
+    slower_total = phase_medians([_sync(20.0, 50.0, 10.0, 210.0)], 0)
+    assert not compare_lines(one, slower_total, (55, 55))[1]
+
+
+def test_compare_nodes_defaults_to_the_steady_scenario_without_restarts() -> None:
+    compared = parse_args(["--compare-nodes", "--syncs", "60"])
+    assert (compared.churn_pct, compared.restart_every, compared.kinds, compared.warmup) == (1.0, 0, ("params",), 5)
+    soak = parse_args([])
+    assert (soak.churn_pct, soak.restart_every, soak.nodes) == (2.0, 100, 2)
+    assert parse_args(["--nodes", "1", "--churn-pct", "3"]).nodes == 1
