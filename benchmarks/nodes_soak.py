@@ -401,6 +401,7 @@ class Run:
     timings: list[dict[str, float]] = field(default_factory=list)  # the same per sync, with its wall time
     samples: list[Sample] = field(default_factory=list)
     restarts: list[tuple[int, str, float]] = field(default_factory=list)  # (after sync, node, seconds to gone)
+    steps: str = ""  # which node ran how many of each step, as the workers count them
     errors: Counter[str] = field(default_factory=Counter)
 
 
@@ -532,6 +533,19 @@ def _wait_ready(node: Node) -> None:
     raise SystemExit(f"nodes_soak: node {node.name}'s worker not ready within {READY_TIMEOUT_S:g} s")
 
 
+def _steps_per_node(nodes: Sequence[Node]) -> str:
+    """How many fetch, diff and write steps each node's worker ran since it last started (its own count)."""
+    from tokenwatch.tasks.names import DIFF, FETCH, WRITE
+    from tokenwatch.workers.app import app
+
+    names = {f"tokenwatch@{node.name}": node.name for node in nodes}
+    stats: Any = app.control.inspect(destination=list(names), timeout=2.0).stats() or {}
+    return "; ".join(
+        f"{names[worker]} " + ", ".join(f"{task.rsplit('.', 1)[-1].split('_')[0]} {stats[worker]['total'].get(task, 0)}"
+                                        for task in (FETCH, DIFF, WRITE))
+        for worker in sorted(stats) if worker in names)
+
+
 def _observe(database_url: str, redis_url: str, sim: Simulator) -> Observed:
     from tokenwatch.cache import keys
     from tokenwatch.cache.events import STREAM_MAXLEN
@@ -633,6 +647,7 @@ def soak(args: argparse.Namespace, database_url: str, redis_url: str, workdir: P
         # and any event it writes that nothing scripted fails the check.
         _sync_until_ok(run, frozenset({"ok"}), args.sync_timeout)
         seen = _observe(database_url, redis_url, sim)
+        run.steps = _steps_per_node(nodes)
     finally:
         for node in nodes:
             node.stop()
@@ -665,8 +680,9 @@ def report(args: argparse.Namespace, run: Run, ledger: Ledger, seen: Observed, m
         f"  events checked {ledger.total()} (history {len(seen.history)}, stream {len(seen.stream)}); "
         f"active {len(seen.active)}, cached {len(seen.cache)}, listed {len(seen.answer)}; database "
         f"{seen.database_mb:.0f} MB, Redis {seen.redis_mb:.0f} MB",
-        f"  restarts {len(run.restarts)}: " + ", ".join(f"{n} after {s} ({g:.1f} s to gone)"
-                                                     for s, n, g in run.restarts),
+        f"  restarts {len(run.restarts)}" + "".join(f"{', ' if i else ': '}{n} after {s} ({g:.1f} s to gone)"
+                                                    for i, (s, n, g) in enumerate(run.restarts)),
+        f"  steps run per node (since its last start): {run.steps or 'not answered'}",
         "  RSS (whole node tree, and the worker's pool processes):", *memory,
         f"  total {elapsed_s / 60:.1f} min",
     ]
