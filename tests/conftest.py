@@ -37,6 +37,17 @@ def shared_fixtures(kind: str) -> Path:
     return folder
 
 
+def wait_until(done: Callable[[], Any], timeout: float, what: str, poll: float = 0.2) -> Any:
+    """Poll done() until it returns something truthy, which is returned; fail naming what was awaited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = done()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
 @pytest.fixture(autouse=True)
 def process_state() -> Iterator[ProcessState]:
     """This process's state (clients, engines, the in-process registry) starts fresh for each test and is

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tests import multihost
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.multihost]
 
@@ -50,15 +50,6 @@ class Store:
         assert line, "the store agent stopped"
         return json.loads(line)
 
-
-def wait_until(done: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = done()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 @pytest.fixture
@@ -92,7 +83,8 @@ def test_two_nodes_survive_a_dead_host_and_a_cut_cable(hosts: multihost.Hosts) -
         seen = log.stat().st_size if log.exists() else 0  # a restarted node appends to its log
         hosts.start(hosts.nodes[name], [sys.executable, "-m", "tokenwatch.cli", "run"], env, log)
         # The worker's own " ready." line: a node counts once it can take syncs, not when its processes exist.
-        wait_until(lambda: " ready." in log.read_bytes()[seen:].decode(errors="replace"), 90, f"node {name}'s worker")
+        wait_until(lambda: " ready." in log.read_bytes()[seen:].decode(errors="replace"), 90,
+                   f"node {name}'s worker", poll=0.5)
         return log
 
     def syncs_after(count: int) -> Callable[[], bool]:
@@ -105,11 +97,11 @@ def test_two_nodes_survive_a_dead_host_and_a_cut_cable(hosts: multihost.Hosts) -
         """Let some beat ticks pass, and wait for a good sync after them: the scripted change is in."""
         time.sleep(ticks * INTERVAL_S)
         before = good_syncs()
-        wait_until(lambda: good_syncs() > before, 12 * INTERVAL_S, "a good sync")
+        wait_until(lambda: good_syncs() > before, 12 * INTERVAL_S, "a good sync", poll=0.5)
 
     start_node("a")
     start_node("b")
-    wait_until(syncs_after(1), 60, "the baseline sync")
+    wait_until(syncs_after(1), 60, "the baseline sync", poll=0.5)
     started_at = time.time() * 1000
     listed: list[str] = []
     delisted: list[str] = []

@@ -22,7 +22,7 @@ import pytest
 import redis
 from sqlalchemy.engine.url import make_url
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_until
 from tests.databases import postgres_database, query
 from tokenwatch.embedded import EmbeddedRedis
 from tokenwatch.preflight import LEFTOVER_WAIT_S, start_time
@@ -62,15 +62,6 @@ def alive(pid: int) -> bool:
         return False
     return "zombie" not in status.lower()
 
-
-def wait_until(done: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = done()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 @dataclass
