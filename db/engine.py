@@ -38,6 +38,8 @@ PG_CONNECT_TIMEOUT_S = 10
 # connection (hours, by the OS's TCP defaults): the server ends a session idle inside a transaction after this,
 # and probes an idle connection's peer every few seconds, so the row is free again within half a minute.
 PG_IDLE_IN_TRANSACTION_MS = 20_000
+# The server probes an idle connection's peer (session settings, so no server configuration is needed).
+PG_KEEPALIVE_OPTIONS = "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3"
 # PostgreSQL's counterpart of the busy timeout: a writer waits this long for the registry row another transaction
 # holds, then fails with a lock timeout that is retried like SQLite's "database is locked" (db/locking.py).
 PG_LOCK_TIMEOUT_MS = BUSY_TIMEOUT_MS
@@ -65,8 +67,7 @@ def make_engine(database_url: str, *, writer: bool = False) -> Engine:
         # committed: READ COMMITTED. A reader's several statements (head, then rows) must see one commit.
         connect_args: dict[str, Any] = {"connect_timeout": PG_CONNECT_TIMEOUT_S, "application_name": "tokenwatch",
                                         "options": f"-c idle_in_transaction_session_timeout="
-                                                   f"{PG_IDLE_IN_TRANSACTION_MS} -c tcp_keepalives_idle=10 "
-                                                   "-c tcp_keepalives_interval=5 -c tcp_keepalives_count=3",
+                                                   f"{PG_IDLE_IN_TRANSACTION_MS} {PG_KEEPALIVE_OPTIONS}",
                                         # ...and this side notices a server gone silent the same way.
                                         "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
                                         "keepalives_count": 3}

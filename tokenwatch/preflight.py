@@ -25,7 +25,7 @@ from typing import IO, Any
 import sqlalchemy as sa
 from sqlalchemy.pool import NullPool
 
-from tokenwatch.db.engine import sqlite_path
+from tokenwatch.db.engine import PG_CONNECT_TIMEOUT_S, PG_KEEPALIVE_OPTIONS, sqlite_path
 from tokenwatch.errors import RunRefusedError, one_line
 from tokenwatch.settings import Settings
 
@@ -99,8 +99,7 @@ def _claim_server_registry(settings: Settings) -> sa.Connection:
     # The server notices a vanished node within about 25 s and drops its lock; AUTOCOMMIT keeps the session
     # out of any transaction for the run's life.
     engine = sa.create_engine(url, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args={
-        "connect_timeout": 10, "options": "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 "
-                                         "-c tcp_keepalives_count=3"})
+        "connect_timeout": PG_CONNECT_TIMEOUT_S, "options": PG_KEEPALIVE_OPTIONS})
     try:
         session = engine.connect()
     except sa.exc.DBAPIError as exc:
