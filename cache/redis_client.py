@@ -86,10 +86,12 @@ def make_redis(config: RedisConfig | str, timeout_s: float = SOCKET_TIMEOUT_S) -
         nodes = sentinel_nodes(config.url)
         if not config.sentinel_master:
             raise ValueError("a sentinel:// URL needs the master's name (TOKENWATCH_REDIS_SENTINEL_MASTER)")
-        sentinels = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        # Typed as Any: redis-py left Sentinel untyped before 8.2 and types it since; either way it type-checks.
+        sentinel_type: Any = redis.sentinel.Sentinel
+        sentinels = sentinel_type(
             nodes.hosts, sentinel_kwargs={"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s},
         )
-        master: redis.Redis = sentinels.master_for(  # type: ignore[no-untyped-call]
+        master: redis.Redis = sentinels.master_for(
             config.sentinel_master, db=nodes.db, username=nodes.username, password=nodes.password, **options,
         )
         return master
