@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery import Task, chain
+from celery import Task, chain, signals
 from celery.result import AsyncResult
 
 from tokenwatch import process, steps
@@ -89,3 +89,13 @@ def diff_and_build(state: State) -> State:
 def write_batch(state: State) -> dict[str, Any]:
     """Commit the staged plan in one transaction and swap the staged cache in; returns the outcome."""
     return steps.run_step(steps.write, worker_context(), SyncState.from_json(state)).outcome().to_json()
+
+
+def _warm_after_write(task: Task | None = None, **_: Any) -> None:
+    # task_postrun comes after the write's outcome is stored and its lock released: taking the registry the
+    # next diff needs is off the sync's time (steps.warm_up).
+    if task is not None and task.name == WRITE:
+        steps.warm_up(worker_context())
+
+
+signals.task_postrun.connect(_warm_after_write, weak=False)

@@ -48,7 +48,8 @@ class ProcessState:
     files: dict[tuple[str, bool], tuple[int, int] | None] = field(default_factory=dict)  # SQLite (device, inode)
     redis_clients: dict[RedisConfig | str, redis.Redis] = field(default_factory=dict)
     http: requests.Session | None = None
-    # The registry as this process's last commit left it, and one built here whose plan is not committed yet.
+    # The registry as this process's last commit left it (or a write here found: steps.warm_up), and one built
+    # here whose plan is not committed yet.
     registry: RegistryState | None = None
     expected: tuple[str, RegistryState] | None = None
     memo: ParseMemo = field(default_factory=ParseMemo)  # what parsing remembers (domain.contracts.parse_contracts)
@@ -118,7 +119,8 @@ class ProcessState:
         """The in-process registry, when it may stand in for reading the database; else None.
 
         It may only when it is what a commit made by this very process left (it is remembered after the commit,
-        never before), and the database is still at that commit: the same revision, written by the same sync.
+        never before), or the snapshot another process shared for exactly the head a write here found
+        (steps.warm_up), and the database is still at that commit: the same revision, written by the same sync.
         A sync id is never reused, so another writer that commits the same revision number, a restored backup,
         a recreated file or a write that failed all leave another head, and the registry is read again.
         """

@@ -411,6 +411,27 @@ def _shared_registry(ctx: StepContext, head: RegistryHead) -> RegistryState | No
     return registry
 
 
+def warm_up(ctx: StepContext) -> bool:
+    """After a write, hold the registry at the database's head when this process does not: the one the diff
+    that led there shared, trusted under the same rule (its exact head). True when it took one; never raises.
+
+    The steps of a sync land on whichever process is free, and with two workers they alternate: the diff after
+    this write runs here, and would otherwise read and decode the snapshot on the sync's own time.
+    """
+    try:
+        head = load_head(ctx.engine())
+        if ctx.process.trusted_registry(head) is not None:
+            return False
+        shared = _shared_registry(ctx, head)
+    except (TokenwatchError, SQLAlchemyError) as exc:  # the next diff reads what it needs itself
+        log.debug("registry not taken after the write (%s)", one_line(exc))
+        return False
+    if shared is None:
+        return False
+    ctx.process.registry = shared
+    return True
+
+
 def _share_registry(ctx: StepContext, state: SyncState) -> None:
     """Share the registry this sync's plan will leave, for whichever process runs the next diff."""
     expected = ctx.process.expected

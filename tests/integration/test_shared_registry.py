@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 import redis
 
-from tokenwatch import pipeline
+from tokenwatch import pipeline, process
 from tokenwatch.cache import snapshot
 from tokenwatch.clock import now_ms
 from tokenwatch.db.queries import load_head, load_registry
 from tokenwatch.embedded import EmbeddedRedis
-from tokenwatch.handoff import MemoryHandoff
+from tokenwatch.handoff import MemoryHandoff, RedisHandoff
 from tokenwatch.process import ProcessState
-from tokenwatch.settings import Settings
+from tokenwatch.settings import Settings, get_settings
 from tokenwatch.simulator import Simulator
-from tokenwatch.steps import StepContext, _build, load_state
+from tokenwatch.steps import StepContext, _build, diff, fetch, load_state, run_step, warm_up, write
 from tokenwatch.syncstate import SyncState
 
 pytestmark = pytest.mark.integration
@@ -133,3 +133,94 @@ def test_a_commit_that_shared_nothing_leaves_the_snapshot_untrusted(
     assert len(registry.rows) == len(sim.symbols())
     ctx.process.close()
     first.close()
+
+
+def worker(settings: Settings) -> StepContext:
+    """A worker's pool process: its own state, the handoff through the real Redis."""
+    state = ProcessState()
+    client = state.redis(settings.redis_url)
+    return StepContext(settings, state, RedisHandoff(client, state, settings.staging_ttl_s), client)
+
+
+def alternate(first: StepContext, second: StepContext) -> SyncState:
+    """One sync as two idle workers run it: fetch and write on first, the diff on second."""
+    state = run_step(fetch, first, SyncState.new())
+    state = run_step(diff, second, state)
+    return run_step(write, first, state)
+
+
+def test_a_write_leaves_its_process_holding_the_registry_for_the_next_diff(
+    settings: Settings, sim: Simulator, redis_client: redis.Redis,
+) -> None:
+    # Two idle workers take the steps in turn, so the next diff lands on the process that ran this write, not
+    # on the one that ran this diff: after warm_up it holds the head's registry and reads nothing to diff.
+    a, b = worker(settings), worker(settings)
+    assert pipeline.sync_inline(settings, b.process).status == "baseline"
+    sim.list_new(1)
+    sim.tick(1.0)
+    assert alternate(a, b).outcome().status == "ok"
+    head = load_head(a.engine())
+    assert a.process.trusted_registry(head) is None  # a committed a plan b built
+    assert warm_up(a) is True
+    held = a.process.trusted_registry(head)
+    assert held is not None and held.head == head
+    stored = load_registry(a.engine()).rows
+    assert {s: (r.status, r.meta) for s, r in held.rows.items()} == {s: (r.status, r.meta) for s, r in stored.items()}
+    assert warm_up(a) is False  # holding it already: nothing read again
+
+    redis_client.unlink(snapshot.snapshot_key(head.registry_id or ""))
+    assert load_state(a) is held  # the next diff on a: no database read, no snapshot needed
+    listed = sim.list_new(1)
+    sim.tick(1.0)
+    outcome = alternate(b, a).outcome()
+    assert outcome.status == "ok" and outcome.counts["listed"] == 1, outcome
+    assert listed[0] in load_registry(a.engine()).rows
+    for ctx in (a, b):
+        ctx.process.close()
+
+
+def test_warm_up_takes_nothing_that_is_not_the_head(
+    settings: Settings, sim: Simulator, redis_client: redis.Redis,
+) -> None:
+    a, b = worker(settings), worker(settings)
+    assert pipeline.sync_inline(settings, b.process).status == "baseline"
+    sim.list_new(1)
+    sim.tick(1.0)
+    old = load_head(b.engine())
+    kept = redis_client.get(snapshot.snapshot_key(old.registry_id or ""))
+    assert alternate(a, b).outcome().status == "ok"
+    # The commit's snapshot is replaced by the older head's (Redis restored from an older dump, say).
+    redis_client.set(snapshot.snapshot_key(old.registry_id or ""), kept or b"")
+    assert warm_up(a) is False
+    assert a.process.registry is None
+    head = load_head(a.engine())
+    assert load_state(a).head == head != old  # read from the database
+    for ctx in (a, b):
+        ctx.process.close()
+
+
+def test_the_write_task_warms_its_process_after_its_outcome(
+    settings: Settings, sim: Simulator, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The task's own trace (Celery's, run eagerly): task_postrun calls warm_up once the outcome is stored.
+    from tokenwatch.tasks.sync import write_batch
+
+    for name, value in (("KUCOIN_URL", sim.url), ("DATABASE_URL", settings.database_url),
+                        ("REDIS_URL", settings.redis_url), ("HTTP_RETRIES", "0")):
+        monkeypatch.setenv(f"TOKENWATCH_{name}", value)
+    get_settings.cache_clear()
+    a, b = worker(settings), worker(settings)
+    assert pipeline.sync_inline(settings, b.process).status == "baseline"
+    sim.list_new(1)
+    sim.tick(1.0)
+    state = run_step(diff, b, run_step(fetch, a, SyncState.new()))
+    try:
+        with process.use(a.process):
+            outcome = write_batch.apply(args=(state.to_json(),)).get()
+    finally:
+        get_settings.cache_clear()
+    assert outcome["status"] == "ok"
+    head = load_head(a.engine())
+    assert a.process.trusted_registry(head) is not None
+    for ctx in (a, b):
+        ctx.process.close()
