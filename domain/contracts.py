@@ -393,12 +393,13 @@ class ParseMemo:
     validated: dict[str, Validated] = field(default_factory=dict)
     decoders: dict[tuple[tuple[str, bool], ...], FieldsDecoder] = field(default_factory=dict)
 
-    def seed(self, known: Iterable[tuple[str, Meta, bytes]]) -> None:
-        """Remember validations made elsewhere (symbol, meta, fingerprint of the values), for the symbols this
-        memo has none of: a validation depends on the values alone (see parse_contracts)."""
+    def seed(self, known: Iterable[tuple[str, Meta, bytes]], *, newer: bool = False) -> None:
+        """Remember validations made elsewhere (symbol, meta, fingerprint of the values) for the symbols this
+        memo has none of, or for every symbol when they are newer than this memo's: a validation depends on the
+        values alone (see parse_contracts)."""
         validated = self.validated
         for symbol, meta, packed in known:
-            if symbol not in validated:
+            if newer or symbol not in validated:
                 validated[symbol] = (packed, meta)
 
 

@@ -394,9 +394,10 @@ def load_state(ctx: StepContext) -> RegistryState:
     return ctx.process.trusted_registry(head) or _shared_registry(ctx, head) or load_registry(engine)
 
 
-def _shared_registry(ctx: StepContext, head: RegistryHead) -> RegistryState | None:
+def _shared_registry(ctx: StepContext, head: RegistryHead, *, newer: bool = False) -> RegistryState | None:
     """The registry another process's diff shared for exactly this head (cache/snapshot.py), its validations
-    handed to this process's parse memo; None when there is none to trust or Redis does not answer."""
+    handed to this process's parse memo (replacing its own when newer); None when there is none to trust or
+    Redis does not answer."""
     if ctx.redis is None:
         return None
     try:
@@ -407,7 +408,7 @@ def _shared_registry(ctx: StepContext, head: RegistryHead) -> RegistryState | No
     if shared is None:
         return None
     registry, validations = shared
-    ctx.process.memo.seed(validations)
+    ctx.process.memo.seed(validations, newer=newer)
     return registry
 
 
@@ -422,7 +423,10 @@ def warm_up(ctx: StepContext) -> bool:
         head = load_head(ctx.engine())
         if ctx.process.trusted_registry(head) is not None:
             return False
-        shared = _shared_registry(ctx, head)
+        # The snapshot's validations are of the last answer, newer than this process's: taking them all also
+        # makes the registry's rows and the memo share their metadata tuples, as after a commit made here (the
+        # next plan's apply_to then compares by identity, not 48 values a row).
+        shared = _shared_registry(ctx, head, newer=True)
     except (TokenwatchError, SQLAlchemyError) as exc:  # the next diff reads what it needs itself
         log.debug("registry not taken after the write (%s)", one_line(exc))
         return False

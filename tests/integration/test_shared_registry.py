@@ -166,6 +166,9 @@ def test_a_write_leaves_its_process_holding_the_registry_for_the_next_diff(
     assert held is not None and held.head == head
     stored = load_registry(a.engine()).rows
     assert {s: (r.status, r.meta) for s, r in held.rows.items()} == {s: (r.status, r.meta) for s, r in stored.items()}
+    # The memo took the snapshot's (newer) validations, the very tuples the rows hold: one copy of each.
+    validated = a.process.memo.validated
+    assert all(validated[s][1] is row.meta for s, row in held.rows.items() if row.status == "active")
     assert warm_up(a) is False  # holding it already: nothing read again
 
     redis_client.unlink(snapshot.snapshot_key(head.registry_id or ""))
@@ -175,6 +178,15 @@ def test_a_write_leaves_its_process_holding_the_registry_for_the_next_diff(
     outcome = alternate(b, a).outcome()
     assert outcome.status == "ok" and outcome.counts["listed"] == 1, outcome
     assert listed[0] in load_registry(a.engine()).rows
+
+    # a has parsed an answer of its own now; after its next write it takes the newer validations all the same.
+    sim.tick(1.0)
+    assert alternate(a, b).outcome().status == "ok"
+    assert warm_up(a) is True
+    held = a.process.trusted_registry(load_head(a.engine()))
+    assert held is not None
+    validated = a.process.memo.validated
+    assert all(validated[s][1] is row.meta for s, row in held.rows.items() if row.status == "active")
     for ctx in (a, b):
         ctx.process.close()
 
