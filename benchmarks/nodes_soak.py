@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import random
 import secrets
@@ -58,6 +59,7 @@ GONE_TIMEOUT_S = 60.0
 # A node killed inside a sync leaves the sync lock to a sync that is gone: the next syncs are skipped until its
 # heartbeat lapses (up to the handoff's 60 s), so a step is given this long before the soak gives up on it.
 GIVE_UP_S = 600.0
+WARMUP = 5  # syncs after the baseline that --compare-nodes leaves out of its medians
 TWO_NODE_LIMIT = 1.25  # issue 15: steady syncs through two nodes within this factor of one node's
 COMPARED = ("api", "db_load", "process", "batch_write", "cache", "total", "work", "wall")
 WORK = ("db_load", "process", "batch_write")  # the sync's own work: network and the cache excluded
@@ -704,7 +706,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nodes", type=int, choices=(1, 2), default=2, help="how many nodes run")
     parser.add_argument("--compare-nodes", action="store_true",
                         help="run the scenario with one node, then with two, and compare their phase medians")
-    parser.add_argument("--warmup", type=int, default=5,
+    parser.add_argument("--warmup", type=int, default=WARMUP,
                         help="syncs after the baseline left out of --compare-nodes' medians")
     parser.add_argument("--kinds", type=lambda text: tuple(text.split(",")), default=None,
                         help="the churn's kinds, of new,delist,flip,params (default all: listings and delistings "
@@ -725,6 +727,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="a Redis database to FLUSH and use (default: a private redis-server on a free port)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep the database and the nodes' logs")
+    parser.add_argument("--json-out", type=Path, default=None, metavar="FILE",
+                        help="with --compare-nodes: also write both runs' medians and the verdict to FILE (JSON)")
     args = parser.parse_args(argv)
     # --compare-nodes measures the steady sync: about 1% of listing metadata moved, no listing, no restart.
     steady = args.compare_nodes
@@ -761,6 +765,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             status = max(status, code)
             medians.append(phase_medians(run.timings, args.warmup))
     lines, held = compare_lines(medians[0], medians[1], (args.syncs - args.warmup, args.syncs - args.warmup))
+    if args.json_out is not None:
+        args.json_out.write_text(json.dumps({
+            "contracts": args.contracts, "syncs": args.syncs, "warmup": args.warmup, "churn_pct": args.churn_pct,
+            "one": medians[0], "two": medians[1], "checks_passed": status == 0, "held": held,
+            "limit": TWO_NODE_LIMIT, "lines": lines,
+        }))
     print(f"one node against two: {args.contracts} contracts, {args.syncs} syncs each ({args.warmup} warm-up left "
           f"out), {args.churn_pct:g}% churn ({','.join(args.kinds)}), market data moved on "
           f"{args.tick_fraction:.0%} before each sync", *lines, sep="\n")

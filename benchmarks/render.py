@@ -152,6 +152,20 @@ def _cold_warm_block(cw: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _two_nodes_block(two: dict[str, Any] | None) -> list[str]:
+    if not two:
+        return []
+    return [
+        "",
+        f"== One node against two: {two['contracts']:,} contracts, {two['syncs']} steady syncs each on PostgreSQL "
+        f"({two['churn_pct']:g}% listing metadata moved before each, {two['warmup']} warm-up syncs left out; "
+        "benchmarks.nodes_soak --compare-nodes) ==",
+        *two["lines"],
+        "  work = db_load + process + batch_write; wall: trigger to outcome. Each node's worker runs one pool "
+        "process; with two, every step lands on either node.",
+    ]
+
+
 def render(report: dict[str, Any]) -> str:
     """The report as the table the command prints."""
     m = report["machine"]
@@ -178,6 +192,7 @@ def render(report: dict[str, Any]) -> str:
     lines += [f"  {title}" for title in REF_TITLES.values()]
     lines += _chain_block(report["sizes"])
     lines += _cold_warm_block(report.get("cold_warm"))
+    lines += _two_nodes_block(report.get("two_nodes"))
     soak = report.get("soak")
     if soak:
         lines += [

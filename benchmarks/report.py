@@ -9,8 +9,11 @@ from typing import Any
 
 from benchmarks.chain import ChainResult
 from benchmarks.coldwarm import TARGET as COLD_TARGET
+from benchmarks.nodes_soak import TWO_NODE_LIMIT
 from benchmarks.scenarios import PHASES, REFERENCES, SCENARIOS, Measurement
 from benchmarks.soak import WARMUP_SYNCS, SoakResult, after_warmup, window_size
+
+PEAK_RSS_100K_MB = 400.0  # issue 15: a steady sync at 100,000 contracts
 
 REF_TITLES = {
     "a": "(a) source 'before': SELECT + upsert per token, commit per statement; + cache as (c)",
@@ -129,7 +132,7 @@ def _chain(result: SizeResult) -> dict[str, Any]:
 
 
 def build(results: list[SizeResult], soak: SoakResult | None, soak_syncs: int, meta: dict[str, Any],
-          cold_warm: dict[str, Any] | None = None) -> dict[str, Any]:
+          cold_warm: dict[str, Any] | None = None, two_nodes: dict[str, Any] | None = None) -> dict[str, Any]:
     """The whole report as one JSON-able dict."""
     sizes = []
     for result in results:
@@ -156,6 +159,8 @@ def build(results: list[SizeResult], soak: SoakResult | None, soak_syncs: int, m
         }
     if cold_warm is not None:
         report["cold_warm"] = cold_warm
+    if two_nodes is not None:
+        report["two_nodes"] = two_nodes
     report["targets"] = targets(report)
     return report
 
@@ -236,7 +241,24 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         f"{cold_warm['warm_ms']['median']:.0f} ms (db_load+process+batch_write; reading the database instead of "
         f"the shared snapshot: {cold_warm['database']['ratio']:.2f}x)",
     ))
+    two = report.get("two_nodes")
+    ratios = {p: two["two"][p] / two["one"][p] for p in ("total", "work")} if two else {}
+    out.append(_target(
+        f"steady 5,000 through two nodes within {TWO_NODE_LIMIT:g}x of one node", max(ratios.values(), default=None),
+        None if not two else bool(two["held"]) and two["contracts"] == 5000,
+        "not measured (use --database URL)" if not two else
+        f"total {ratios['total']:.2f}x, work {ratios['work']:.2f}x ({two['two']['total']:.0f} vs "
+        f"{two['one']['total']:.0f} ms total; medians of {two['syncs'] - two['warmup']} syncs each"
+        f"{'' if two['checks_passed'] else '; a soak check FAILED'})",
+    ))
     big, small = _size(report, 100_000), s5
+    steady_big = big["scenarios"]["steady"]["peak_rss_mb"] if big else None
+    out.append(_target(
+        f"peak RSS of a steady sync at 100,000 < {PEAK_RSS_100K_MB:g} MB", steady_big and steady_big["max"],
+        None if steady_big is None else steady_big["max"] < PEAK_RSS_100K_MB,
+        "not measured (--sizes 100000)" if steady_big is None else
+        f"{steady_big['max']:.0f} MB at most over {steady_big['n']:.0f} runs (a fresh child that synced once before)",
+    ))
     if big and small:
         per_big = big["scenarios"]["steady"]["total_minus_api"]["median"] / 100_000 * 1000
         per_small = small["scenarios"]["steady"]["total_minus_api"]["median"] / 5000 * 1000

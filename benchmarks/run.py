@@ -21,10 +21,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 
-from benchmarks import chain, coldwarm, exchange, postgres, report, soak
+from benchmarks import chain, coldwarm, exchange, nodes_soak, postgres, report, soak
 from benchmarks.child import in_child
 from benchmarks.render import render
 from benchmarks.scenarios import REFERENCES, SCENARIOS, Job, Measurement, measure, remove_db, snapshot_file
@@ -46,6 +47,8 @@ CHAIN_MAX_SIZE = 5000
 # Syncs through the chain per size: each takes well under a second up to 5,000 contracts, and its median is
 # the figure the targets compare, so it gets more samples than the in-process scenarios.
 CHAIN_RUNS = 15
+TWO_NODES_SYNCS = 60  # per run of --database's one node against two (about 1 min on 2 cores)
+TWO_NODES_SIZE = 5000
 BASE_TOKENS = "bench:baseline:tokens"
 REFERENCE_NOTES = {
     "(a),(b)": "DB writes as the source system described them, then the same cache written the floor's way (one "
@@ -274,6 +277,23 @@ class Bench:
             return in_child(soak.soak, job)
 
 
+def compare_nodes(database: str, syncs: int, workdir: Path) -> dict[str, Any]:
+    """One node against two on PostgreSQL (benchmarks/nodes_soak.py --compare-nodes), in a process of its own:
+    its Celery app, its nodes and its private Redis are not this benchmark's."""
+    progress(f"one node against two: {syncs} steady syncs of {TWO_NODES_SIZE:,} contracts each")
+    out = workdir / "two_nodes.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.nodes_soak", "--compare-nodes", "--syncs", str(syncs), "--contracts",
+         str(TWO_NODES_SIZE), "--database", database, "--json-out", str(out)],
+        capture_output=True, text=True, check=False,
+    )
+    if not out.exists():
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"the one-node-against-two comparison failed (exit {result.returncode}): {last}")
+    found: dict[str, Any] = json.loads(out.read_text())
+    return found
+
+
 def code_state() -> str:
     """The commit measured, and how many files differ from it in the working tree (read-only git calls)."""
     root = Path(__file__).resolve().parents[1]
@@ -322,7 +342,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also run N consecutive steady syncs of 5,000 contracts in one process (default N: 500)")
     parser.add_argument("--database", default=None, metavar="URL",
                         help="also run the steady scenario on this PostgreSQL (postgresql+psycopg://...), beside "
-                             "SQLite; it creates and drops databases named after URL's")
+                             "SQLite, and one node against two on it; it creates and drops databases named after "
+                             "URL's")
+    parser.add_argument("--two-nodes-syncs", type=int, default=TWO_NODES_SYNCS, metavar="N",
+                        help="with --database: steady syncs of 5,000 contracts through one node, then two "
+                             "(benchmarks.nodes_soak --compare-nodes), 0 to skip (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.database is not None and not args.database.startswith("postgresql+psycopg://"):
         parser.error("--database takes a postgresql+psycopg:// URL (SQLite is always measured)")
@@ -335,6 +359,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("nothing to run: give --sizes, --soak or --cold-warm-size")
     if args.cold_warm_size and (args.cold_warm_size < 60 or args.cold_warm_runs < 1):
         parser.error("the cold-vs-warm size must be >= 60 (or 0) and its runs >= 1")
+    if args.two_nodes_syncs and args.two_nodes_syncs <= nodes_soak.WARMUP:
+        parser.error(f"--two-nodes-syncs must be 0 or more than the {nodes_soak.WARMUP} warm-up syncs")
     if (args.sizes and min(args.sizes) < 60) or (args.runs is not None and args.runs < 1) or args.chain_runs < 1:
         parser.error("sizes must be >= 60, and runs and chain runs >= 1")
     return args
@@ -345,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="twbench-"))
     soak_result: soak.SoakResult | None = None
     cold_warm: coldwarm.ColdWarm | None = None
+    two_nodes: dict[str, Any] | None = None
     try:
         with EmbeddedRedis(str(workdir / "redis.sock"), str(workdir / "redis")) as server:
             pg = postgres.Server(args.database) if args.database else None
@@ -359,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                 bench.size(size, runs)
             if args.cold_warm_size:
                 cold_warm = bench.cold_warm(args.cold_warm_size, args.cold_warm_runs)
+            if args.database and args.two_nodes_syncs:
+                two_nodes = compare_nodes(args.database, args.two_nodes_syncs, workdir)
             if args.soak:
                 soak_result = bench.soak(args.soak)
             meta = machine(bench.client, time.monotonic() - _START)
@@ -366,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     built = report.build(bench.results, soak_result, args.soak or 0, meta,
-                         coldwarm.summary(cold_warm) if cold_warm else None)
+                         coldwarm.summary(cold_warm) if cold_warm else None, two_nodes)
     print(json.dumps(built) if args.json else render(built))
     return 0
 
