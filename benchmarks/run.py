@@ -355,8 +355,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.sizes = sorted({int(s) for s in text.split(",") if s.strip()})
     except ValueError:
         parser.error("--sizes takes comma-separated integers")
-    if not args.sizes and not args.soak and not args.cold_warm_size:
-        parser.error("nothing to run: give --sizes, --soak or --cold-warm-size")
+    if not args.sizes and not args.soak and not args.cold_warm_size and not (args.database and args.two_nodes_syncs):
+        parser.error("nothing to run: give --sizes, --soak, --cold-warm-size or --database")
     if args.cold_warm_size and (args.cold_warm_size < 60 or args.cold_warm_runs < 1):
         parser.error("the cold-vs-warm size must be >= 60 (or 0) and its runs >= 1")
     if args.two_nodes_syncs and args.two_nodes_syncs <= nodes_soak.WARMUP:
