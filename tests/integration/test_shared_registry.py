@@ -142,6 +142,15 @@ def worker(settings: Settings) -> StepContext:
     return StepContext(settings, state, RedisHandoff(client, state, settings.staging_ttl_s), client)
 
 
+def two_workers(settings: Settings, sim: Simulator) -> tuple[StepContext, StepContext]:
+    """Two pool processes after b's baseline sync, the exchange moved since (one listing, market data)."""
+    a, b = worker(settings), worker(settings)
+    assert pipeline.sync_inline(settings, b.process).status == "baseline"
+    sim.list_new(1)
+    sim.tick(1.0)
+    return a, b
+
+
 def alternate(first: StepContext, second: StepContext) -> SyncState:
     """One sync as two idle workers run it: fetch and write on first, the diff on second."""
     state = run_step(fetch, first, SyncState.new())
@@ -154,10 +163,7 @@ def test_a_write_leaves_its_process_holding_the_registry_for_the_next_diff(
 ) -> None:
     # Two idle workers take the steps in turn, so the next diff lands on the process that ran this write, not
     # on the one that ran this diff: after warm_up it holds the head's registry and reads nothing to diff.
-    a, b = worker(settings), worker(settings)
-    assert pipeline.sync_inline(settings, b.process).status == "baseline"
-    sim.list_new(1)
-    sim.tick(1.0)
+    a, b = two_workers(settings, sim)
     assert alternate(a, b).outcome().status == "ok"
     head = load_head(a.engine())
     assert a.process.trusted_registry(head) is None  # a committed a plan b built
@@ -194,10 +200,7 @@ def test_a_write_leaves_its_process_holding_the_registry_for_the_next_diff(
 def test_warm_up_takes_nothing_that_is_not_the_head(
     settings: Settings, sim: Simulator, redis_client: redis.Redis,
 ) -> None:
-    a, b = worker(settings), worker(settings)
-    assert pipeline.sync_inline(settings, b.process).status == "baseline"
-    sim.list_new(1)
-    sim.tick(1.0)
+    a, b = two_workers(settings, sim)
     old = load_head(b.engine())
     kept = redis_client.get(snapshot.snapshot_key(old.registry_id or ""))
     assert alternate(a, b).outcome().status == "ok"
@@ -221,10 +224,7 @@ def test_the_write_task_warms_its_process_after_its_outcome(
                         ("REDIS_URL", settings.redis_url), ("HTTP_RETRIES", "0")):
         monkeypatch.setenv(f"TOKENWATCH_{name}", value)
     get_settings.cache_clear()
-    a, b = worker(settings), worker(settings)
-    assert pipeline.sync_inline(settings, b.process).status == "baseline"
-    sim.list_new(1)
-    sim.tick(1.0)
+    a, b = two_workers(settings, sim)
     state = run_step(diff, b, run_step(fetch, a, SyncState.new()))
     try:
         with process.use(a.process):
