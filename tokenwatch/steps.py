@@ -417,8 +417,11 @@ def warm_up(ctx: StepContext) -> bool:
     that led there shared, trusted under the same rule (its exact head). True when it took one; never raises.
 
     The steps of a sync land on whichever process is free, and with two workers they alternate: the diff after
-    this write runs here, and would otherwise read and decode the snapshot on the sync's own time.
+    this write runs here, and would otherwise read and decode the snapshot on the sync's own time. A process that
+    has never run a diff (a worker on the db queue alone) is not one a diff lands on: it takes nothing.
     """
+    if not ctx.process.memo.validated:
+        return False
     try:
         head = load_head(ctx.engine())
         if ctx.process.trusted_registry(head) is not None:

@@ -143,9 +143,12 @@ def worker(settings: Settings) -> StepContext:
 
 
 def two_workers(settings: Settings, sim: Simulator) -> tuple[StepContext, StepContext]:
-    """Two pool processes after b's baseline sync, the exchange moved since (one listing, market data)."""
+    """Two pool processes of workers on both queues: b's baseline, a sync whose diff a ran, the exchange moved
+    since (one listing, market data)."""
     a, b = worker(settings), worker(settings)
     assert pipeline.sync_inline(settings, b.process).status == "baseline"
+    sim.tick(1.0)
+    assert alternate(b, a).outcome().status == "ok"
     sim.list_new(1)
     sim.tick(1.0)
     return a, b
@@ -235,4 +238,22 @@ def test_the_write_task_warms_its_process_after_its_outcome(
     head = load_head(a.engine())
     assert a.process.trusted_registry(head) is not None
     for ctx in (a, b):
+        ctx.process.close()
+
+
+def test_a_process_that_never_diffs_takes_nothing_after_its_writes(
+    settings: Settings, sim: Simulator, redis_client: redis.Redis,
+) -> None:
+    # A worker on the db queue alone: it writes every sync and never diffs, so holding the registry (and
+    # decoding it after each write) would be work and memory for nothing.
+    writer, differ = worker(settings), worker(settings)
+    assert pipeline.sync_inline(settings, differ.process).status == "baseline"
+    for _ in range(2):
+        sim.list_new(1)
+        sim.tick(1.0)
+        state = run_step(diff, differ, run_step(fetch, differ, SyncState.new()))
+        assert run_step(write, writer, state).outcome().status == "ok"
+        assert warm_up(writer) is False
+        assert writer.process.registry is None and not writer.process.memo.validated
+    for ctx in (writer, differ):
         ctx.process.close()
