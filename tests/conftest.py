@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -213,3 +214,19 @@ def stack(redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_path: Path
     current = Stack(env=env, workdir=tmp_path, redis=redis_client)
     yield current
     current.stop()
+
+
+@pytest.fixture
+def invariants_checked(stack: Stack, redis_client: redis.Redis) -> Iterator[None]:
+    """After the test body: the registry invariants hold (tests/invariants.py); then the test's processes are
+    killed, each in its own process group (a warm shutdown costs seconds, and the next test starts afresh)."""
+    from tests.invariants import check_invariants
+
+    yield
+    try:
+        check_invariants(stack.database_url, redis_client)
+    finally:
+        for child in stack.processes:
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait(10)

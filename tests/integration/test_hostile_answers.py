@@ -5,9 +5,7 @@ stream must show afterwards; tests/invariants.py checks the rest after every tes
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -16,15 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from tests.conftest import Stack
-from tests.invariants import check_invariants
 from tokenwatch.cache import keys, lock
 from tokenwatch.reader import Registry
 from tokenwatch.simulator import Simulator
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("invariants_checked")]
 
 CONTRACTS = 60
 DEEP = "[" * 10_000 + "]" * 10_000
@@ -34,18 +30,6 @@ DEEP = "[" * 10_000 + "]" * 10_000
 def sim() -> Iterator[Simulator]:
     with Simulator(port=0, contracts=CONTRACTS, seed=17) as simulator:
         yield simulator
-
-
-@pytest.fixture(autouse=True)
-def _invariants(stack: Stack, redis_client: redis.Redis) -> Iterator[None]:
-    yield
-    try:
-        check_invariants(stack.db_path, redis_client)
-    finally:
-        for process in stack.processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
 
 
 def hostile(sim: Simulator, symbol: str, key: str, raw_value: str) -> str:

@@ -4,9 +4,7 @@ did not happen: no invented event, no listing lost."""
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -14,10 +12,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import redis
 
 from tests.conftest import Stack
-from tests.invariants import check_invariants
 from tests.steps_support import run_steps, step_context
 from tokenwatch import pipeline, steps
 from tokenwatch.cache import keys, lock
@@ -26,7 +22,7 @@ from tokenwatch.settings import Settings
 from tokenwatch.simulator import Simulator
 from tokenwatch.syncstate import SyncState
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("invariants_checked")]
 
 LOCK_RETRY_LOG = r"database is locked, retrying in (\d\.\d\d) s \(attempt (\d) of 5\)"
 
@@ -35,18 +31,6 @@ LOCK_RETRY_LOG = r"database is locked, retrying in (\d\.\d\d) s \(attempt (\d) o
 def sim() -> Iterator[Simulator]:
     with Simulator(port=0, contracts=50, seed=31) as simulator:
         yield simulator
-
-
-@pytest.fixture(autouse=True)
-def _invariants(stack: Stack, redis_client: redis.Redis) -> Iterator[None]:
-    yield
-    try:
-        check_invariants(stack.db_path, redis_client)
-    finally:
-        for process in stack.processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
 
 
 def history(stack: Stack) -> list[tuple[str, str]]:

@@ -10,32 +10,18 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import redis
 
 from tests.conftest import Stack
-from tests.invariants import check_invariants
 from tokenwatch.cache import keys, lock
 from tokenwatch.simulator import Simulator
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("invariants_checked")]
 
 
 @pytest.fixture
 def sim() -> Iterator[Simulator]:
     with Simulator(port=0, contracts=40, seed=29) as simulator:
         yield simulator
-
-
-@pytest.fixture(autouse=True)
-def _invariants(stack: Stack, redis_client: redis.Redis) -> Iterator[None]:
-    yield
-    try:
-        check_invariants(stack.db_path, redis_client)
-    finally:
-        for process in stack.processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
 
 
 def wait_until(done: object, timeout: float, what: str) -> None:
