@@ -406,6 +406,8 @@ def fast_failing_writes(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("fast_failing_writes")
+# The suite's 300 s per test is for the CI budget; the long one runs for as long as its steps take.
+@pytest.mark.timeout(0 if BUDGET == "long" else 300)
 @pytest.mark.parametrize("backend", databases.BACKENDS)
 def test_any_ordering_of_changes_and_faults_keeps_the_registry_exact(redis_server: EmbeddedRedis, backend: str,
                                                                      ) -> None:
