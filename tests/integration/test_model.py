@@ -7,7 +7,7 @@ After every step: the registry equals the model; every transition made exactly o
 without one; the event stream holds exactly the events reported since Redis last lost its data (a restored
 backup's lost future included: those were reported); the cache holds exactly the active contracts.
 
-A short budget runs in CI. The long one is a documented command (README, "Testing"):
+A short budget runs in CI. The long one is a documented command (README, "PostgreSQL"):
     TOKENWATCH_MODEL_BUDGET=long .venv/bin/pytest tests/integration/test_model.py -s
 """
 
