@@ -219,12 +219,14 @@ def test_a_trickling_answer_is_cut_at_its_deadline_and_the_sync_recorded(stack: 
 
 
 def corrupt(db: Path) -> None:
-    """Overwrite part of every page past the first two: 'database disk image is malformed' on the next read."""
+    """Overwrite the header of every page past the first two (a b-tree page's type, free-block and cell-count
+    fields): 'database disk image is malformed' on the next read or write of any of them. (Bytes further into a
+    page can fall in its unused gap, which SQLite never reads: a write could then succeed on a damaged file.)"""
     with closing(sqlite3.connect(db)) as conn:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     data = bytearray(db.read_bytes())
     for page in range(2, len(data) // 4096):
-        data[page * 4096 + 100:page * 4096 + 400] = b"\xff" * 300
+        data[page * 4096:page * 4096 + 8] = b"\xff" * 8
     db.write_bytes(bytes(data))
 
 
