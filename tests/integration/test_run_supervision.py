@@ -252,7 +252,7 @@ def test_a_killed_run_takes_every_child_with_it_and_the_next_run_starts(make_run
 
 def test_two_runs_at_once_on_one_folder_one_is_refused_naming_the_other(make_run: Callable[..., Run]) -> None:
     first = make_run()
-    second = Run(first.folder, first.env)
+    second = make_run()  # the same folder, "a"; made by the fixture, so that it is stopped whichever survives
     first.start()
     second.start()
 
