@@ -41,7 +41,9 @@ from tokenwatch.simulator import Simulator
 from tokenwatch.simulator import server as sim_server
 from tokenwatch.syncstate import SyncState, new_sync_id
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("database_url")]
+# After every test body the registry invariants are checked (tests/invariants.py) and the test's processes
+# killed (conftest.invariants_checked).
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("database_url", "invariants_checked")]
 # The checker's own test breaks a copy of an SQLite file: it tests the checker, not the backend.
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
@@ -68,23 +70,6 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("TOKENWATCH_"):
             monkeypatch.delenv(name)
-
-
-@pytest.fixture(autouse=True)
-def _invariants(stack: Stack, redis_client: redis.Redis) -> Iterator[None]:
-    """After every test body: the registry invariants hold (tests/invariants.py); then the test's processes go.
-
-    The processes are killed (their own process groups) rather than stopped warmly: a warm worker shutdown
-    costs about 3 s a test, and the next test starts from a flushed Redis and a fresh database anyway.
-    """
-    yield
-    try:
-        check_invariants(stack.database_url, redis_client)
-    finally:
-        for process in stack.processes:
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------
