@@ -21,7 +21,11 @@ from tokenwatch.cache import keys
 # The most a sync may take (each step renews it): the bound when no heartbeat is to be had at all.
 LOCK_TTL_S = 300
 BEAT_TTL_S = 15.0  # a running step renews the beat three times within this
-HANDOFF_TTL_S = 60.0  # how long a sync's next step may wait in its queue before the sync counts as dead
+# How long a sync's next step may wait in its queue before the sync counts as dead. A free worker takes a message
+# within milliseconds; a message can also vanish (a node cut off while it held one, or while Redis answered its
+# pending BRPOP), and then every sync is skipped until this window ends. Longer waits (the single writer busy
+# with weekly upkeep) only let the next tick's sync go first: a write applies only on the head it was built on.
+HANDOFF_TTL_S = 10.0
 
 _BEAT = keys.SYNC_LOCK + ":beat"
 

@@ -97,7 +97,11 @@ def test_two_nodes_survive_a_dead_host_and_a_cut_cable(hosts: multihost.Hosts) -
         """Let some beat ticks pass, and wait for a good sync after them: the scripted change is in."""
         time.sleep(ticks * INTERVAL_S)
         before = good_syncs()
-        wait_until(lambda: good_syncs() > before, 12 * INTERVAL_S, "a good sync", poll=0.5)
+        try:
+            wait_until(lambda: good_syncs() > before, 12 * INTERVAL_S, "a good sync", poll=0.5)
+        except AssertionError as exc:  # what the syncs said meanwhile is the whole story of a failure here
+            recent = store.ask("state")["syncs"][-12:]
+            raise AssertionError(f"{exc}; the last syncs (start ms, status, error): {recent}") from None
 
     start_node("a")
     start_node("b")

@@ -14,6 +14,8 @@ import pytest
 from tests.conftest import Stack
 from tokenwatch.cache import keys, lock
 from tokenwatch.simulator import Simulator
+from tokenwatch.steps import ABANDONED
+from tokenwatch.tasks.names import Queue
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("invariants_checked")]
 
@@ -90,3 +92,28 @@ def test_skipped_syncs_past_the_threshold_raise_an_alert(stack: Stack, sim: Simu
     assert lock.release(stack.redis, "someone-else")
     assert stack.sync("--inline")["status"] == "ok"
     assert json.loads(stack.tokenwatch("status", "--json").stdout)["alerts"] == []
+
+
+def test_a_sync_whose_next_step_is_lost_holds_the_lock_one_handoff_window(stack: Stack, sim: Simulator) -> None:
+    """A handed-off message can vanish: a node cut off from Redis while it held one, or the reply to its
+    pending BRPOP. Its sync is then dead, and the next syncs are skipped only until its handoff window ends."""
+    stack.env["TOKENWATCH_KUCOIN_URL"] = sim.url
+    assert stack.sync("--inline")["status"] == "baseline"
+    stack.start_worker(queues="fetch")  # nobody consumes db: the sync's write waits there...
+    stack.start("call", "call", "tokenwatch.sync")
+    wait_until(lambda: stack.redis.llen(Queue.DB.value) == 1, 30, "the sync's write message")
+    lost = lock.holder(stack.redis)
+    assert lost is not None
+    stack.redis.delete(Queue.DB.value)  # ...and is lost, as if the cut-off node had taken it
+    started = time.monotonic()
+
+    outcome = stack.sync("--inline")
+    while outcome["status"] == "skipped" and time.monotonic() - started < 90:
+        time.sleep(0.5)
+        outcome = stack.sync("--inline")
+    waited = time.monotonic() - started
+
+    assert outcome["status"] == "ok", outcome
+    # A few ticks of a short interval, not the minute a message used to be allowed to wait.
+    assert waited < 15, f"the next good sync waited {waited:.0f} s"
+    assert stack.query("SELECT status, error FROM sync_runs WHERE sync_id = ?", lost) == [("failed", ABANDONED)]
