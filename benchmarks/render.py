@@ -68,6 +68,7 @@ def _size_block(size: dict[str, Any]) -> list[str]:
         _row("batch_write + cache", [_s(sc[s]["write_ms"]) for s in SCENARIOS]),
         _row("1st-use statement warm-up", [_s(sc[s]["warmup_ms"]) for s in SCENARIOS]),
         _row("peak RSS MB", [_s(sc[s]["peak_rss_mb"]) for s in SCENARIOS]),
+        _row("  the sync's own", [_s(sc[s].get("sync_peak_rss_mb")) for s in SCENARIOS]),
         _row("  RSS before sync", [_s(sc[s]["rss_before_mb"]) for s in SCENARIOS]),
         _row("changes", [_counts(sc[s]) for s in SCENARIOS]),
         _row("rows written", [f"{sc[s]['upserts']:,} upserts, {sc[s]['history']:,} events" for s in SCENARIOS]),
