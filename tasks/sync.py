@@ -91,11 +91,11 @@ def write_batch(state: State) -> dict[str, Any]:
     return steps.run_step(steps.write, worker_context(), SyncState.from_json(state)).outcome().to_json()
 
 
-def _warm_after_write(task: Task | None = None, **_: Any) -> None:
-    # task_postrun comes after the write's outcome is stored and its lock released: taking the registry the
-    # next diff needs is off the sync's time (steps.warm_up).
+def _after_write(task: Task | None = None, **_: Any) -> None:
+    # task_postrun comes after the write's outcome is stored and its lock released: sharing the registry, or
+    # taking the one the next diff needs, is off the sync's time (steps.after_write).
     if task is not None and task.name == WRITE:
-        steps.warm_up(worker_context())
+        steps.after_write(worker_context())
 
 
-signals.task_postrun.connect(_warm_after_write, weak=False)
+signals.task_postrun.connect(_after_write, weak=False)

@@ -14,7 +14,7 @@ from tokenwatch.handoff import Handoff, MemoryHandoff
 from tokenwatch.outcome import Outcome
 from tokenwatch.process import ProcessState
 from tokenwatch.settings import Settings
-from tokenwatch.steps import STEPS, RetryLater, StepContext, run_step
+from tokenwatch.steps import STEPS, RetryLater, StepContext, after_write, run_step
 from tokenwatch.syncstate import SyncState
 
 log = logging.getLogger("tokenwatch.sync")
@@ -51,5 +51,9 @@ def run_inline(ctx: StepContext, state: SyncState | None = None) -> SyncState:
 
 
 def sync_inline(settings: Settings, process: ProcessState | None = None) -> Outcome:
-    """One whole sync in this process; never raises for a sync-level failure."""
-    return run_inline(inline_context(settings, process)).outcome()
+    """One whole sync in this process, then what a worker does after a write (steps.after_write); never raises
+    for a sync-level failure."""
+    ctx = inline_context(settings, process)
+    outcome = run_inline(ctx).outcome()
+    after_write(ctx)
+    return outcome

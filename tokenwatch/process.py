@@ -52,6 +52,7 @@ class ProcessState:
     # here whose plan is not committed yet.
     registry: RegistryState | None = None
     expected: tuple[str, RegistryState] | None = None
+    shared: RegistryHead | None = None  # the head of the last registry snapshot this process shared
     memo: ParseMemo = field(default_factory=ParseMemo)  # what parsing remembers (domain.contracts.parse_contracts)
     kept: Kept | None = None
     # What the last answer held that was not usable, so that the same is warned about once, not every sync.

@@ -317,7 +317,8 @@ def diff(ctx: StepContext, state: SyncState) -> SyncState:
         except redis.RedisError as exc:
             state.cache_error = f"cache stale: Redis unavailable ({one_line(exc)})"
         del entries, kept  # the answer they slice goes before the snapshot is encoded, not after
-        _share_registry(ctx, state)
+        if _others_may_diff(ctx):
+            _share_registry(ctx, state)
     ctx.handoff.put_plan(state.sync_id, plan)
     state.add_time("cache", timer.ms())
     state.counts = dict(plan.counts)
@@ -439,13 +440,47 @@ def warm_up(ctx: StepContext) -> bool:
     return True
 
 
+def after_write(ctx: StepContext) -> None:
+    """Off the sync's time, once its write is done: share the registry this process committed if its diff did
+    not (a process started later begins warm), or else take the one another process shared (warm_up)."""
+    registry = ctx.process.registry
+    try:
+        head = load_head(ctx.engine())
+    except (TokenwatchError, SQLAlchemyError) as exc:
+        log.debug("no registry head after the write (%s)", one_line(exc))
+        return
+    if registry is not None and ctx.process.trusted_registry(head) is registry:
+        if ctx.process.shared != head:
+            _publish(ctx, registry)
+        return
+    warm_up(ctx)
+
+
+def _others_may_diff(ctx: StepContext) -> bool:
+    """Whether the next diff may run in another process: then this one shares its registry at once. Alone (one
+    worker process, the default node), sharing would only lengthen the sync: after_write shares it instead."""
+    if ctx.redis is None:
+        return False
+    worker_memory.report(ctx.settings, ctx.process)  # this process diffs: the others see it as it sees them
+    try:
+        return worker_memory.others_reported(ctx.redis, ctx.settings, ctx.process)
+    except redis.RedisError:
+        return True  # the share will say what is wrong, if anything
+
+
 def _share_registry(ctx: StepContext, state: SyncState) -> None:
     """Share the registry this sync's plan will leave, for whichever process runs the next diff."""
     expected = ctx.process.expected
-    if ctx.redis is None or expected is None or expected[0] != state.sync_id:
+    if expected is not None and expected[0] == state.sync_id:
+        _publish(ctx, expected[1])
+
+
+def _publish(ctx: StepContext, registry: RegistryState) -> None:
+    if ctx.redis is None:
         return
     try:
-        snapshot.publish(ctx.redis, expected[1], ctx.process.memo)
+        if snapshot.publish(ctx.redis, registry, ctx.process.memo):
+            ctx.process.shared = registry.head
     except redis.RedisError as exc:  # the next diff elsewhere reads the database instead
         log.debug("registry snapshot not shared (%s)", one_line(exc))
 

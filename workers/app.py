@@ -15,7 +15,7 @@ from celery import Celery, signals
 from celery.app.trace import LOG_SUCCESS
 from celery.exceptions import CPendingDeprecationWarning
 
-from tokenwatch import prepare, process
+from tokenwatch import prepare, process, worker_memory
 from tokenwatch.errors import ConfigError
 from tokenwatch.lifeline import die_with_parent
 from tokenwatch.settings import get_settings
@@ -101,3 +101,12 @@ def _prepare_for_syncs(**_: Any) -> None:
 
 
 signals.worker_process_init.connect(_prepare_for_syncs)
+
+
+def _withdraw_report(**_: Any) -> None:
+    """A pool process that stops takes its memory report with it: status and the other processes (which share
+    their registry only while another may diff next, steps._others_may_diff) stop counting it at once."""
+    worker_memory.forget(get_settings(), process.current())
+
+
+signals.worker_process_shutdown.connect(_withdraw_report)

@@ -4,6 +4,7 @@ falls back to the database whenever the snapshot is not the registry's head."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +20,9 @@ from tokenwatch.handoff import MemoryHandoff, RedisHandoff
 from tokenwatch.process import ProcessState
 from tokenwatch.settings import Settings, get_settings
 from tokenwatch.simulator import Simulator
-from tokenwatch.steps import StepContext, _build, diff, fetch, load_state, run_step, warm_up, write
+from tokenwatch.steps import StepContext, _build, after_write, diff, fetch, load_state, run_step, warm_up, write
 from tokenwatch.syncstate import SyncState
+from tokenwatch.worker_memory import LIVE_WORKERS
 
 pytestmark = pytest.mark.integration
 
@@ -94,7 +96,8 @@ def test_a_fresh_process_diffs_from_the_snapshot_as_from_the_database(
 def test_alternating_processes_each_take_the_others_snapshot(
     settings: Settings, sim: Simulator, redis_client: redis.Redis,
 ) -> None:
-    processes = [ProcessState(), ProcessState()]
+    # Two worker processes: each reports in after its syncs (worker_memory), so each knows it is not alone.
+    processes = [ProcessState(worker_name="a"), ProcessState(worker_name="b")]
     assert pipeline.sync_inline(settings, processes[0]).status == "baseline"
     listed: list[str] = []
     for turn in range(4):
@@ -112,6 +115,28 @@ def test_alternating_processes_each_take_the_others_snapshot(
     assert {s for s, r in rows.items() if r.status == "active"} == set(sim.symbols())
     for state in processes:
         state.close()
+
+
+def test_a_lone_process_shares_after_its_write_not_during_its_sync(
+    settings: Settings, sim: Simulator, redis_client: redis.Redis,
+) -> None:
+    alone = ProcessState()
+    assert pipeline.sync_inline(settings, alone).status == "baseline"
+    sim.list_new(1)
+    sim.tick(1.0)
+    ctx = StepContext(settings, alone, MemoryHandoff(), alone.redis(settings.redis_url))
+    assert pipeline.run_inline(ctx).outcome().status == "ok"
+    head = load_head(ctx.engine())
+    assert snapshot.load(redis_client, head) is None  # no other process reported in: nobody else diffs next
+    after_write(ctx)  # what a worker does once the write is done, off the sync's time
+    assert snapshot.load(redis_client, head) is not None  # a process started later begins warm
+
+    redis_client.zadd(LIVE_WORKERS, {"elsewhere-1": now_ms()})  # another worker process reports in
+    sim.list_new(1)
+    sim.tick(1.0)
+    assert pipeline.run_inline(ctx).outcome().status == "ok"
+    assert snapshot.load(redis_client, load_head(ctx.engine())) is not None  # shared by the diff itself
+    alone.close()
 
 
 def test_a_commit_that_shared_nothing_leaves_the_snapshot_untrusted(
@@ -135,9 +160,13 @@ def test_a_commit_that_shared_nothing_leaves_the_snapshot_untrusted(
     first.close()
 
 
+_NAMES = itertools.count()
+
+
 def worker(settings: Settings) -> StepContext:
-    """A worker's pool process: its own state, the handoff through the real Redis."""
-    state = ProcessState()
+    """A worker's pool process: its own state, the handoff through the real Redis, and a name of its own (with
+    it, each reports in after its syncs, as worker processes do, and so knows it is not alone)."""
+    state = ProcessState(worker_name=f"worker{next(_NAMES)}")
     client = state.redis(settings.redis_url)
     return StepContext(settings, state, RedisHandoff(client, state, settings.staging_ttl_s), client)
 
