@@ -413,7 +413,7 @@ def _shared_registry(ctx: StepContext, head: RegistryHead, *, newer: bool = Fals
     return registry
 
 
-def warm_up(ctx: StepContext) -> bool:
+def warm_up(ctx: StepContext, head: RegistryHead | None = None) -> bool:
     """After a write, hold the registry at the database's head when this process does not: the one the diff
     that led there shared, trusted under the same rule (its exact head). True when it took one; never raises.
 
@@ -424,7 +424,7 @@ def warm_up(ctx: StepContext) -> bool:
     if not ctx.process.memo.validated:
         return False
     try:
-        head = load_head(ctx.engine())
+        head = head or load_head(ctx.engine())
         if ctx.process.trusted_registry(head) is not None:
             return False
         # The snapshot's validations are of the last answer, newer than this process's: taking them all also
@@ -453,7 +453,7 @@ def after_write(ctx: StepContext) -> None:
         if ctx.process.shared != head:
             _publish(ctx, registry)
         return
-    warm_up(ctx)
+    warm_up(ctx, head)  # the head just read, not read again
 
 
 def _others_may_diff(ctx: StepContext) -> bool:
