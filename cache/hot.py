@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, cast
@@ -29,23 +29,52 @@ def stage_entries(
     Entries may be any buffer (slices of the exchange's answer): each chunk is copied only into the command
     that sends it, so the whole hash never exists twice in this process.
     """
-    kept: dict[str, Buffer] = {}
-    if keep_live:
-        symbols = [s for s in keep_live if s not in entries]
-        live = client.hmget(keys.TOKENS, symbols) if symbols else []
-        kept = {s: v if isinstance(v, bytes) else keep_live[s] for s, v in zip(symbols, live, strict=True)}
-
-    def commands() -> Iterator[list[Any] | bytes]:
-        # DEL first: a repeated stream (redis-py's retry after a lost connection) starts the hash again.
-        yield ["DEL", staged_key]
-        for source in (entries, kept):
-            pairs = iter(source.items())
-            while chunk := list(islice(pairs, HSET_CHUNK)):
-                yield redis_client.pack_hset(staged_key, chunk)
-                yield ["EXPIRE", staged_key, ttl_s]  # from the first chunk on: a crash leaves nothing behind
-
-    redis_client.stream(client, commands)
+    staging = Staging(client, staged_key, ttl_s)
+    staging.add(list(entries.items()))
+    kept = {symbol: entry for symbol, entry in keep_live.items() if symbol not in entries}
+    staging.finish(kept, ())
     return len(entries) + len(kept)
+
+
+class Staging:
+    """The next cache hash, built under its staged key a batch at a time, as the answer is parsed (add), then
+    completed with the symbols that keep their live entry (finish)."""
+
+    def __init__(self, client: redis.Redis, staged_key: str, ttl_s: int) -> None:
+        self.client = client
+        self.staged_key = staged_key
+        self.ttl_s = ttl_s
+        self.started = False
+
+    def add(self, entries: list[tuple[str, Buffer]]) -> None:
+        """Stage these entries (symbol, the contract's JSON text), sent a chunk at a time."""
+        key, ttl_s, first = self.staged_key, self.ttl_s, not self.started
+
+        def commands() -> Iterator[list[Any] | bytes]:
+            if first:
+                yield ["DEL", key]  # a repeated stream (redis-py's retry after a lost connection) starts again
+            pairs = iter(entries)
+            while chunk := list(islice(pairs, HSET_CHUNK)):
+                yield redis_client.pack_hset(key, chunk)
+                yield ["EXPIRE", key, ttl_s]  # from the first chunk on: a crash leaves nothing behind
+
+        if entries or first:
+            redis_client.stream(self.client, commands)
+        self.started = True
+
+    def finish(self, keep_live: Mapping[str, Buffer], remove: Iterable[str]) -> None:
+        """Give each keep_live symbol its live entry, or the one given when the cache has none (Redis lost it),
+        in place of any staged; take out the remove symbols that are not kept (staged, but not to be cached)."""
+        if not self.started:
+            self.add([])
+        symbols = list(keep_live)
+        live = self.client.hmget(keys.TOKENS, symbols) if symbols else []
+        kept = [(s, v if isinstance(v, bytes) else keep_live[s]) for s, v in zip(symbols, live, strict=True)]
+        gone = [symbol for symbol in remove if symbol not in keep_live]
+        if kept:
+            self.add(kept)
+        if gone:
+            self.client.hdel(self.staged_key, *gone)
 
 
 # One round trip, atomic: readers see the old hash and version or the new ones, never a mix. UNLINK frees the

@@ -2,7 +2,7 @@
 
 With several processes the diff lands on any of them, and one that did not build the last plan would read every
 row of the database and validate every contract again. The diff step shares what it holds instead: the rows its
-plan leaves, and the values each contract's validation was given, packed (domain.contracts.fingerprint). The
+plan leaves, and a digest of the values each contract's validation was given (domain.contracts.fingerprint). The
 snapshot is trusted only under the rule the in-process registry follows (ProcessState.trusted_registry): its
 head is the registry's head now, the same registry id, revision and sync id. A sync id is never reused, so a
 plan that was not committed, another registry, another writer's commit or a restored backup all leave another
@@ -19,8 +19,13 @@ from tokenwatch.domain.contracts import Meta, ParseMemo
 from tokenwatch.domain.registry import RegistryHead, RegistryRow, RegistryState
 from tokenwatch.errors import StagingError
 
-FORMAT = 1  # bumped whenever the layout, or what a fingerprint stands for, changes
+FORMAT = 2  # bumped whenever the layout, or what a fingerprint stands for, changes
 TTL_S = 3600  # a snapshot not replaced for an hour is of no use: nothing syncs this registry
+# A larger registry is not shared: msgspec decodes every string and float of the metadata anew (a registry read
+# from the database shares them with the parse), which at 100,000 contracts keeps a worker that took a snapshot
+# at 430 MB, against 300 MB reading the database (benchmarks/README.md). The cold sync it saves matters at the
+# sizes of a real exchange (5,000 and under), not there.
+MAX_ROWS = 20_000
 
 
 class _Snapshot(msgspec.Struct, array_like=True):
@@ -31,7 +36,7 @@ class _Snapshot(msgspec.Struct, array_like=True):
     last_fetched_at: int | None
     pending_change: str | None
     rows: list[RegistryRow]
-    # Per row: the packed values its metadata was validated from (domain.contracts.fingerprint),
+    # Per row: the digest of the values its metadata was validated from (domain.contracts.fingerprint),
     # or None when this process did not validate its metadata (a delisted row, say).
     fingerprints: list[bytes | None]
 
@@ -49,9 +54,9 @@ def snapshot_key(registry_id: str) -> str:
 
 def publish(client: redis.Redis, registry: RegistryState, memo: ParseMemo, ttl_s: int = TTL_S) -> bool:
     """Share registry (as a plan will leave it) and the validations of memo that produced its rows' metadata;
-    False when the registry has no identity yet. Written whole in one transaction, or not at all."""
+    False when the registry has no identity yet, or more than MAX_ROWS rows. Written whole, or not at all."""
     head = registry.head
-    if head.registry_id is None or head.last_sync_id is None:
+    if head.registry_id is None or head.last_sync_id is None or len(registry.rows) > MAX_ROWS:
         return False
     rows = list(registry.rows.values())
     validated = memo.validated

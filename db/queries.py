@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import msgspec
 from sqlalchemy import Connection, Engine, bindparam, desc, select, true
 
 from tokenwatch.db.schema import registry_state, sync_runs, token_history, tokens
+from tokenwatch.domain.contracts import Contract
 from tokenwatch.domain.diff import is_new
 from tokenwatch.domain.registry import ACTIVE, DELISTED, TOKEN_COLUMNS, RegistryHead, RegistryRow, RegistryState
 
@@ -29,12 +31,20 @@ def load_head(engine: Engine) -> RegistryHead:
         return _head(conn)[0]
 
 
-def load_registry(engine: Engine) -> RegistryState:
-    """Every token row and the head, read in one transaction."""
+def load_registry(engine: Engine, like: Mapping[str, Contract] | None = None) -> RegistryState:
+    """Every token row and the head, read in one transaction. A row whose metadata equals that of its contract in
+    like (the answer just parsed) takes the contract's tuple, as it is read: the registry and the parse memo then
+    hold one copy of it, and the copy read is freed before the next row is (no second registry, no holes)."""
+    like = like or {}
+    rows: dict[str, RegistryRow] = {}
     with engine.connect() as conn:
         head, pending_change = _head(conn)
-        rows = {row[0]: RegistryRow.from_row(resolve_last_seen(row, head.last_fetched_at))
-                for row in conn.execute(_ALL_TOKENS)}
+        for row in conn.execute(_ALL_TOKENS):
+            read = RegistryRow.from_row(resolve_last_seen(row, head.last_fetched_at))
+            contract = like.get(read.symbol)
+            if contract is not None and contract.meta == read.meta:
+                read = msgspec.structs.replace(read, meta=contract.meta)
+            rows[read.symbol] = read
     return RegistryState(head=head, rows=rows, pending_change=pending_change)
 
 

@@ -22,6 +22,7 @@ from requests.adapters import HTTPAdapter
 
 from tokenwatch.clock import now_ms
 from tokenwatch.errors import BadResponseError, FetchError, TransientFetchError
+from tokenwatch.fetch.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class Fetched:
     """The data of a successful call, its size and how long it took."""
 
     data: Any
-    body: bytes | bytearray
+    body: bytes | bytearray | Spool  # a Spool only for an undecoded answer larger than spool_bytes
     fetched_at_ms: int
     elapsed_ms: float
 
@@ -71,30 +72,37 @@ def _retry_after(response: requests.Response, rate_limited: bool) -> float | Non
     return None
 
 
-def _read_body(response: requests.Response, max_bytes: int) -> bytearray:
+def _read_body(response: requests.Response, max_bytes: int, spool_bytes: int) -> Spool:
     declared = response.headers.get("Content-Length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise BadResponseError(f"response of {int(declared)} bytes exceeds the {max_bytes}-byte bound")
-    # One buffer grown in place (a large one is remapped, not copied), not parts joined at the end: joining
-    # held the answer twice, 320 MB at 100,000 contracts.
-    body = bytearray()
-    size = 0
+    # One buffer grown in place, not parts joined at the end (joining held the answer twice); past spool_bytes,
+    # an unnamed temporary file, so that the largest answers are never held whole in memory.
+    # An answer that says it is larger than the limit goes to the file from its first byte.
+    body = Spool(0 if declared is not None and declared.isdigit() and int(declared) > spool_bytes else spool_bytes)
+    try:
+        _read_into(body, response, max_bytes)
+        if declared is not None and declared.isdigit() and body.size < int(declared):
+            raise BadResponseError(f"truncated response body: {body.size} of {declared} bytes")
+    except BaseException:
+        body.close()
+        raise
+    return body
+
+
+def _read_into(body: Spool, response: requests.Response, max_bytes: int) -> None:
     try:
         for part in response.iter_content(_CHUNK):
-            size += len(part)
-            if size > max_bytes:
+            if body.size + len(part) > max_bytes:
                 raise BadResponseError(f"response exceeds the {max_bytes}-byte bound")
-            body += part
+            body.write(part)
     except (requests.exceptions.ChunkedEncodingError, requests.exceptions.ContentDecodingError) as exc:
-        raise BadResponseError(f"truncated response body after {size} bytes") from exc
+        raise BadResponseError(f"truncated response body after {body.size} bytes") from exc
     except requests.exceptions.ConnectionError as exc:
         # requests reports a read timeout mid-body as a ConnectionError; both may pass on a retry.
         if "timed out" in str(exc).lower():
-            raise TransientFetchError(f"timeout reading the body after {size} bytes") from exc
-        raise TransientFetchError(f"connection dropped after {size} bytes of the body") from exc
-    if declared is not None and declared.isdigit() and len(body) < int(declared):
-        raise BadResponseError(f"truncated response body: {len(body)} of {declared} bytes")
-    return body
+            raise TransientFetchError(f"timeout reading the body after {body.size} bytes") from exc
+        raise TransientFetchError(f"connection dropped after {body.size} bytes of the body") from exc
 
 
 def _describe(body: bytes | bytearray) -> str:
@@ -107,23 +115,28 @@ def _describe(body: bytes | bytearray) -> str:
 # A success answer is recognised by its envelope alone, so the fetch step does not decode megabytes only to look
 # at "code" (the diff step decodes each contract once, and refuses the bad ones one by one: one bad contract must
 # not fail the whole answer here). Anything else is decoded and checked.
+# (domain.contracts.OK_LIST_HEAD is the same head: the diff step cuts such an answer into parts after it.)
 _OK_LIST_HEAD = re.compile(rb'\A\s*\{\s*"code"\s*:\s*"200000"\s*,\s*"data"\s*:\s*\[')
 _OK_LIST_TAIL = re.compile(rb'\]\s*\}\s*\Z')
 
 
-def _plain_success_list(status: int, body: bytes | bytearray) -> bool:
+def _plain_success_list(status: int, body: Spool) -> bool:
     return (
-        status == 200 and _OK_LIST_HEAD.match(body, 0, 256) is not None
-        and _OK_LIST_TAIL.search(body, max(len(body) - 64, 0)) is not None
+        status == 200 and _OK_LIST_HEAD.match(body.head(256)) is not None
+        and _OK_LIST_TAIL.search(body.tail(64)) is not None
     )
 
 
-def get_json(session: requests.Session, url: str, *, timeout_s: float, max_bytes: int, decode: bool = True) -> Fetched:
+def get_json(
+    session: requests.Session, url: str, *, timeout_s: float, max_bytes: int, decode: bool = True,
+    spool_bytes: int | None = None,
+) -> Fetched:
     """One GET of a KuCoin endpoint: the envelope's data, or a FetchError that says why in one line.
 
     timeout_s bounds the whole answer, headers and body: requests' own timeout is per read, so an answer that
     trickles in a byte at a time would never time out; here the socket is shut down at the deadline. With
-    decode=False a plainly successful list is returned undecoded (data None) for a later step.
+    decode=False a plainly successful list is returned undecoded (data None) for a later step, in memory, or as
+    a Spool when it is larger than spool_bytes (never, when None).
     """
     started = time.perf_counter()
     deadline = time.monotonic() + timeout_s
@@ -140,16 +153,18 @@ def get_json(session: requests.Session, url: str, *, timeout_s: float, max_bytes
         if status == 429 or status >= 500:
             raise TransientFetchError(f"HTTP {status}", retry_after_s=_retry_after(response, status == 429))
         try:
-            body = _read_body(response, max_bytes)
+            spool = _read_body(response, max_bytes, max_bytes if spool_bytes is None else spool_bytes)
         except (FetchError, requests.exceptions.RequestException) as exc:
             if cut.is_set():
                 raise TransientFetchError(f"{host}: answer not complete within {timeout_s:g} s") from exc
             if isinstance(exc, FetchError):
                 raise
             raise TransientFetchError(f"{host}: {cause(exc)} reading the body") from exc
-    if not decode and _plain_success_list(status, body):
-        return Fetched(data=None, body=body, fetched_at_ms=fetched_at_ms,
+    if not decode and _plain_success_list(status, spool):
+        return Fetched(data=None, body=spool if spool.spooled else spool.whole(), fetched_at_ms=fetched_at_ms,
                        elapsed_ms=(time.perf_counter() - started) * 1000.0)
+    body = spool.whole()
+    spool.close()  # its file, if any: body holds every byte now
     try:
         envelope = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -228,9 +243,11 @@ def backoff_delay(attempt: int, retry_after_s: float | None = None) -> float:
 
 def fetch_active(
     session: requests.Session, base_url: str, *, timeout_s: float, max_bytes: int, decode: bool = True,
+    spool_bytes: int | None = None,
 ) -> Fetched:
     """One call of the active-contracts endpoint; data is checked to be a list (when decoded)."""
-    fetched = get_json(session, base_url + ACTIVE_PATH, timeout_s=timeout_s, max_bytes=max_bytes, decode=decode)
+    fetched = get_json(session, base_url + ACTIVE_PATH, timeout_s=timeout_s, max_bytes=max_bytes, decode=decode,
+                       spool_bytes=spool_bytes)
     if fetched.data is None and not decode:
         return fetched
     if not isinstance(fetched.data, list):

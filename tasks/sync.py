@@ -23,7 +23,8 @@ def worker_context() -> steps.StepContext:
     settings = get_settings()
     state = process.current()
     client = state.redis(settings.redis_config())
-    return steps.StepContext(settings, state, RedisHandoff(client, state, settings.staging_ttl_s), client)
+    handoff = RedisHandoff(client, state, settings.staging_ttl_s, settings.answer_in_memory_bytes)
+    return steps.StepContext(settings, state, handoff, client)
 
 
 def sync_chain(sync_id: str | None = None) -> Any:

@@ -3,6 +3,7 @@ in memory for ``tokenwatch sync --inline``. The steps are the same either way (t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 import orjson
@@ -11,9 +12,28 @@ import redis
 from tokenwatch.cache import keys, staging
 from tokenwatch.domain.diff import Plan
 from tokenwatch.errors import StagingError
+from tokenwatch.fetch.spool import Spool
 from tokenwatch.process import ProcessState
 
-Answer = bytes | bytearray
+
+class InParts(Protocol):
+    """An answer too large to hold whole: read a part at a time (a Spool, or one left in Redis)."""
+
+    def parts(self) -> Iterator[bytes]:
+        """Every byte of the answer, in order."""
+
+    def close(self) -> None:
+        """Free what holds it here."""
+
+
+# The exchange's answer as the fetch step read it: whole in memory, or in parts (fetch/spool.py).
+Answer = bytes | bytearray | InParts
+
+
+def close(answer: Answer) -> None:
+    """Free an answer that is held in parts (its spool's file); a whole one is left to the collector."""
+    if not isinstance(answer, bytes | bytearray):
+        answer.close()
 
 
 class Handoff(Protocol):
@@ -52,7 +72,7 @@ class MemoryHandoff:
             raise StagingError(f"no answer was handed over for sync {sync_id}") from None
 
     def put_plan(self, sync_id: str, plan: Plan) -> None:
-        self.answers.pop(sync_id, None)
+        self._drop_answer(sync_id)
         self.plans[sync_id] = plan
 
     def take_plan(self, sync_id: str) -> Plan:
@@ -62,8 +82,13 @@ class MemoryHandoff:
             raise StagingError(f"no plan was handed over for sync {sync_id}") from None
 
     def discard(self, sync_id: str) -> None:
-        self.answers.pop(sync_id, None)
+        self._drop_answer(sync_id)
         self.plans.pop(sync_id, None)
+
+    def _drop_answer(self, sync_id: str) -> None:
+        answer = self.answers.pop(sync_id, None)
+        if answer is not None:
+            close(answer)
 
 
 class RedisHandoff:
@@ -74,20 +99,27 @@ class RedisHandoff:
     other process, and for a redelivered message.
     """
 
-    def __init__(self, client: redis.Redis, process: ProcessState, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, process: ProcessState, ttl_s: int, whole_limit: int | None = None,
+                 ) -> None:
         self.client = client
         self.process = process
         self.ttl_s = ttl_s
+        self.whole_limit = whole_limit  # a larger answer taken from Redis is read a slice at a time
 
     def put_answer(self, sync_id: str, body: Answer) -> None:
         key = keys.snapshot_key(sync_id)
-        staging.put(self.client, key, body, self.ttl_s)
+        if isinstance(body, bytes | bytearray):
+            staging.put(self.client, key, body, self.ttl_s)
+        else:
+            staging.put_parts(self.client, key, body.parts, self.ttl_s)
         self.process.keep(key, body, self.ttl_s)
 
     def take_answer(self, sync_id: str) -> Answer:
         key = keys.snapshot_key(sync_id)
         kept = self.process.take_kept(key)
-        return kept if isinstance(kept, bytes | bytearray) else staging.take(self.client, key)
+        if isinstance(kept, bytes | bytearray | Spool):
+            return kept
+        return staging.take_or_parts(self.client, key, self.whole_limit)
 
     def put_plan(self, sync_id: str, plan: Plan) -> None:
         key = keys.plan_key(sync_id)

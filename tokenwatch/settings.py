@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     data_dir: str = "data"
     # Bound on the bytes of one API answer: a runaway body must not exhaust the worker.
     max_response_bytes: int = Field(200 * 1024 * 1024, ge=1024)
+    # A larger answer is never held whole: spooled to a temporary file as it is read, and diffed a part at a time.
+    answer_in_memory_bytes: int = Field(16 * 1024 * 1024, ge=0)
     http_retries: int = Field(3, ge=0, le=10)
     staging_ttl_s: int = Field(600, ge=10)
     # Alert thresholds of `tokenwatch status` and the check_alerts beat task (tokenwatch/alerts.py).

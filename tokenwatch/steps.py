@@ -22,12 +22,12 @@ import redis
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from tokenwatch import metrics, worker_memory
+from tokenwatch import handoff, metrics, worker_memory
 from tokenwatch.cache import hot, keys, lock, snapshot
 from tokenwatch.clock import HOUR_MS, Timer, now_ms, paused_gc
 from tokenwatch.db.queries import load_head, load_registry, sync_run
 from tokenwatch.db.writer import apply_plan, record_outcome, sync_run_row
-from tokenwatch.domain.contracts import ParseResult, RawJson, contract_list, parse_contracts
+from tokenwatch.domain.contracts import ContractParser, ParseResult, RawJson, contract_batches, contract_list
 from tokenwatch.domain.diff import Plan, build_plan, is_suspect, missing_symbols
 from tokenwatch.domain.registry import ACTIVE, RegistryHead, RegistryState
 from tokenwatch.errors import (
@@ -276,7 +276,7 @@ def fetch(ctx: StepContext, state: SyncState) -> SyncState:
         with paused_gc():
             fetched = kucoin.fetch_active(
                 ctx.process.http_session(), settings.kucoin_url, timeout_s=settings.http_timeout_s,
-                max_bytes=settings.max_response_bytes, decode=False,
+                max_bytes=settings.max_response_bytes, decode=False, spool_bytes=settings.answer_in_memory_bytes,
             )
     except TransientFetchError as exc:
         state.add_time("api", timer.ms())
@@ -303,22 +303,15 @@ def diff(ctx: StepContext, state: SyncState) -> SyncState:
     """Classify the answer against the registry, stage the next hot cache, hand the plan on."""
     _rearm(ctx, state)
     body = ctx.handoff.take_answer(state.sync_id)
-    with paused_gc():
-        plan, entries, kept = _build(ctx, state, body)
+    try:
+        with paused_gc():
+            plan = _build(ctx, state, body)
+    finally:
+        handoff.close(body)
     del body
     timer = Timer()
-    if ctx.redis is None:
-        state.cache_error = "cache stale: Redis unreachable"
-    else:
-        try:
-            state.cache_size = hot.stage_entries(
-                ctx.redis, keys.cache_key(state.sync_id), entries, kept, ctx.settings.staging_ttl_s,
-            )
-        except redis.RedisError as exc:
-            state.cache_error = f"cache stale: Redis unavailable ({one_line(exc)})"
-        del entries, kept  # the answer they slice goes before the snapshot is encoded, not after
-        if _others_may_diff(ctx):
-            _share_registry(ctx, state)
+    if _others_may_diff(ctx):
+        _share_registry(ctx, state)
     ctx.handoff.put_plan(state.sync_id, plan)
     state.add_time("cache", timer.ms())
     state.counts = dict(plan.counts)
@@ -326,25 +319,76 @@ def diff(ctx: StepContext, state: SyncState) -> SyncState:
     return state
 
 
-def _build(
-    ctx: StepContext, state: SyncState, body: bytes | bytearray,
-) -> tuple[Plan, dict[str, RawJson], dict[str, bytes]]:
-    """Load the registry once, parse, confirm absences, classify: the plan, the next cache's entries from this
-    answer, and the symbols that stay listed without one (with their registry rows' text, should the cache
-    have lost theirs)."""
+# An answer too large to hold whole (Settings.answer_in_memory_bytes) is parsed and its contracts staged for the
+# cache a batch at a time, of this size at most (or of answer_in_memory_bytes, at least MIN_BATCH_BYTES): a batch's
+# text goes once it is staged.
+BATCH_BYTES = 4 << 20
+MIN_BATCH_BYTES = 16 << 10
+
+
+class _CacheStager:
+    """Stages the next hot cache as the answer is parsed, timing itself as cache time; on a Redis failure it
+    stops, and the sync goes on with its cache stale (state.cache_error)."""
+
+    def __init__(self, ctx: StepContext, state: SyncState) -> None:
+        self.state = state
+        self.ms = 0.0
+        self.staging: hot.Staging | None = None
+        if ctx.redis is None:
+            state.cache_error = "cache stale: Redis unreachable"
+        else:
+            self.staging = hot.Staging(ctx.redis, keys.cache_key(state.sync_id), ctx.settings.staging_ttl_s)
+
+    def add(self, entries: list[tuple[str, RawJson]]) -> None:
+        """Stage a batch's contracts (hot.Staging.add)."""
+        if self.staging is not None:
+            self._run(lambda staging: staging.add(entries))  # type: ignore[arg-type]
+
+    def finish(self, keep_live: dict[str, bytes], remove: set[str]) -> None:
+        """Complete the staged hash (hot.Staging.finish)."""
+        if self.staging is not None:
+            self._run(lambda staging: staging.finish(keep_live, remove))
+
+    def _run(self, stage: Callable[[hot.Staging], None]) -> None:
+        assert self.staging is not None
+        timer = Timer()
+        try:
+            stage(self.staging)
+        except redis.RedisError as exc:
+            self.staging = None
+            self.state.cache_error = f"cache stale: Redis unavailable ({one_line(exc)})"
+        self.ms += timer.ms()
+
+
+def _build(ctx: StepContext, state: SyncState, body: handoff.Answer) -> Plan:
+    """Parse the answer (staging each contract's JSON for the next cache as it goes), load the registry, confirm
+    absences, classify: the plan. The registry is read from the database only when this process holds none it
+    may trust and none was shared, and after the parse, so that its rows take the parse's metadata."""
     settings = ctx.settings
     timer = Timer()
-    registry = load_state(ctx)
+    engine = ctx.engine()
+    head = load_head(engine)
+    registry = ctx.process.trusted_registry(head) or _shared_registry(ctx, head)
     state.add_time("db_load", timer.ms())
-    timer = Timer()
     fetched_at = state.fetched_at_ms or now_ms()
-    if registry.last_fetched_at is not None and fetched_at <= registry.last_fetched_at:
-        raise StaleSnapshotError(
-            f"snapshot fetched at {fetched_at} is not newer than the applied one ({registry.last_fetched_at})"
-        )
-    items = decode_contract_list(body)
-    parsed = parse_contracts(items, memo=ctx.process.memo, now_ms=fetched_at)
+    _check_newer(fetched_at, head)
+    timer = Timer()
+    parser = ContractParser(ctx.process.memo, fetched_at)
+    stager = _CacheStager(ctx, state)
+    batch_bytes = min(BATCH_BYTES, max(settings.answer_in_memory_bytes, MIN_BATCH_BYTES))
+    for batch in _batches(body, batch_bytes):
+        added = parser.add(batch, keep_raw=False)
+        stager.add(added)
+        del added, batch
+    parsed = parser.result()
     warn_invalid(ctx.process, parsed)
+    loading = 0.0
+    if registry is None:
+        load = Timer()
+        registry = load_registry(engine, like=parsed.contracts)
+        loading = load.ms()
+        state.add_time("db_load", loading)
+        _check_newer(fetched_at, registry.head)
     missing = missing_symbols(parsed.contracts, registry, parsed.unusable)
     still_listed: list[str] = []
     unconfirmed: list[str] = []
@@ -356,22 +400,48 @@ def _build(
         confirm_ms = check.ms()
     plan = build_plan(
         state.sync_id, parsed.contracts, registry, now_ms=fetched_at,
-        window_ms=int(settings.new_listing_window_h * HOUR_MS), fetched=len(items),
+        window_ms=int(settings.new_listing_window_h * HOUR_MS), fetched=parser.items,
         invalid=parsed.invalid, max_drop_pct=settings.max_drop_pct, still_listed=still_listed,
         unconfirmed=unconfirmed, unusable=parsed.unusable,
     )
     ctx.process.expect(plan.sync_id, plan.apply_to(registry, parsed.contracts))
-    # The per-symbol checks are network time: counted in api, not in process.
-    state.add_time("api", confirm_ms)
-    state.add_time("process", timer.ms() - confirm_ms)
     # The cache holds each contract's JSON exactly as the exchange sent it: no re-encoding. A symbol kept or held
-    # keeps the entry the cache has.
-    held = set(plan.held)
-    # A held symbol that is delisted in the registry stays out of the cache, as it stays delisted.
+    # keeps the entry the cache has; a held one that is delisted in the registry stays out, as it stays delisted,
+    # and so does a symbol listed twice (its first copy was staged).
     rows = registry.rows
     kept = {symbol: orjson.dumps(rows[symbol].as_contract())
             for symbol in (*plan.missing, *plan.held) if rows[symbol].status == ACTIVE}
-    return plan, {symbol: c.raw for symbol, c in parsed.contracts.items() if symbol not in held}, kept
+    stager.finish(kept, {*parsed.duplicated, *plan.held})
+    if stager.staging is not None:
+        held = parsed.contracts.keys() & set(plan.held)
+        state.cache_size = len(parsed.contracts) - len(held) + len(kept)
+    # The per-symbol checks are network time: counted in api, not in process; staging is cache time.
+    state.add_time("api", confirm_ms)
+    state.add_time("cache", stager.ms)
+    state.add_time("process", timer.ms() - confirm_ms - stager.ms - loading)
+    return plan
+
+
+def _batches(body: handoff.Answer, batch_bytes: int) -> Iterator[Sequence[RawJson]]:
+    """The answer's contracts as JSON texts: all at once when it is held whole, else a batch at a time."""
+    try:
+        if isinstance(body, bytes | bytearray):
+            data = contract_list(body)
+            if data is None:
+                raise ValueError("no contract list")
+            yield data
+        else:
+            yield from contract_batches(body.parts(), batch_bytes)
+    except ValueError:
+        raise BadResponseError("staged snapshot holds no contract list") from None
+
+
+def _check_newer(fetched_at: int, head: RegistryHead) -> None:
+    """StaleSnapshotError when the registry holds an answer fetched as late as this one, or later."""
+    if head.last_fetched_at is not None and fetched_at <= head.last_fetched_at:
+        raise StaleSnapshotError(
+            f"snapshot fetched at {fetched_at} is not newer than the applied one ({head.last_fetched_at})"
+        )
 
 
 def warn_invalid(process: ProcessState, parsed: ParseResult) -> None:
@@ -483,14 +553,6 @@ def _publish(ctx: StepContext, registry: RegistryState) -> None:
             ctx.process.shared = registry.head
     except redis.RedisError as exc:  # the next diff elsewhere reads the database instead
         log.debug("registry snapshot not shared (%s)", one_line(exc))
-
-
-def decode_contract_list(body: bytes | bytearray) -> Sequence[RawJson]:
-    """One JSON text per contract out of an active-contracts envelope already checked by the fetch step."""
-    data = contract_list(body)
-    if data is None:
-        raise BadResponseError("staged snapshot holds no contract list")
-    return data
 
 
 def confirm_missing(ctx: StepContext, missing: list[str]) -> tuple[list[str], list[str]]:

@@ -98,13 +98,17 @@ def second_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
         yield server
 
 
+@pytest.mark.parametrize("answer", ["whole", "in parts"])
 def test_inline_and_chain_store_the_same_for_the_same_exchange(
-    stack: Stack, second_redis: EmbeddedRedis, tmp_path: Path,
+    stack: Stack, second_redis: EmbeddedRedis, tmp_path: Path, answer: str,
 ) -> None:
     with Simulator(port=0, contracts=60, seed=21) as sim:
         stack.env["TOKENWATCH_KUCOIN_URL"] = sim.url
         stack.env["TOKENWATCH_MAX_DROP_PCT"] = "50"
+        if answer == "in parts":  # the chain's worker spools every answer and diffs it 16 KiB at a time
+            stack.env["TOKENWATCH_ANSWER_IN_MEMORY_BYTES"] = "0"
         stack.start_worker()
+        stack.env.pop("TOKENWATCH_ANSWER_IN_MEMORY_BYTES", None)  # the inline side takes each answer whole
         inline = Side(stack, tmp_path / "inline.db", second_redis.url, "--inline")
         chain = Side(stack, stack.db_path, stack.env["TOKENWATCH_REDIS_URL"])
         perps = [s for s in sim.symbols() if sim.contract(s)["type"] == "FFWCSX"]

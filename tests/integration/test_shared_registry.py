@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from tokenwatch import pipeline, process
-from tokenwatch.cache import snapshot
+from tokenwatch.cache import keys, snapshot
 from tokenwatch.clock import now_ms
 from tokenwatch.db.queries import load_head, load_registry
 from tokenwatch.embedded import EmbeddedRedis
@@ -85,8 +85,9 @@ def test_a_fresh_process_diffs_from_the_snapshot_as_from_the_database(
     for ctx in (shared, read):
         state = SyncState.new("20261203T000000Z-abcdef")
         state.fetched_at_ms = fetched_at
-        plan, entries, kept = _build(ctx, state, body)
-        plans.append((plan.to_json(), set(entries), kept))
+        plan = _build(ctx, state, body)
+        staged = redis_client.hgetall(keys.cache_key(state.sync_id))
+        plans.append((plan.to_json(), staged, state.cache_size))
     assert plans[0] == plans[1]
     assert plans[0][0]["counts"]["listed"] == 2 and plans[0][0]["counts"]["params_changed"] == 1
     for state in (writer, shared.process, read.process):

@@ -10,9 +10,10 @@ import pytest
 import redis
 
 from tokenwatch import process
-from tokenwatch.cache import keys
+from tokenwatch.cache import keys, staging
 from tokenwatch.domain.diff import Plan
 from tokenwatch.errors import StagingError
+from tokenwatch.fetch.spool import Spool
 from tokenwatch.handoff import MemoryHandoff, RedisHandoff
 from tokenwatch.outcome import SyncStatus
 from tokenwatch.process import ProcessState
@@ -118,3 +119,28 @@ def test_a_forked_child_starts_with_a_fresh_state_and_the_worker_name() -> None:
     os.waitpid(pid, 0)
     assert seen == "False|tokenwatch@box|None|0|{}"
     assert state.take_kept("k") == b"parent"  # the parent's own state is untouched
+
+
+def test_a_large_answer_goes_through_redis_in_parts_and_comes_back_in_parts(client: redis.Redis) -> None:
+    body = os.urandom(3 * staging.READ_CHUNK + 123)
+    spool = Spool(limit=1000)
+    for at in range(0, len(body), 70_000):
+        spool.write(body[at:at + 70_000])
+    RedisHandoff(client, ProcessState(), TTL_S, whole_limit=1000).put_answer("s1", spool)
+    assert client.get(keys.snapshot_key("s1")) == body  # staged whole under its key ...
+    assert not client.exists(keys.snapshot_key("s1") + ":partial")  # ... and only there
+    assert 0 < client.ttl(keys.snapshot_key("s1")) <= TTL_S
+    other = RedisHandoff(client, ProcessState(), TTL_S, whole_limit=1000).take_answer("s1")
+    assert isinstance(other, staging.StagedParts)  # another process reads it a slice at a time
+    assert b"".join(other.parts()) == body
+    small = RedisHandoff(client, ProcessState(), TTL_S, whole_limit=len(body)).take_answer("s1")
+    assert small == body  # below its limit, whole
+
+
+def test_a_spooled_answer_left_behind_is_closed_when_the_plan_is_handed_on() -> None:
+    spool = Spool(limit=0)
+    spool.write(b"x" * 100)
+    handoff = MemoryHandoff()
+    handoff.put_answer("s1", spool)  # the diff step failed: the answer was never taken
+    handoff.put_plan("s1", a_plan())
+    assert (spool.size, spool.spooled) == (0, False)  # its file is closed

@@ -162,3 +162,15 @@ def test_no_identity_nothing_shared(client: fakeredis.FakeRedis) -> None:
     anonymous = RegistryState(RegistryHead(2, "sync-1", NOW, None), registry.rows)
     assert not snapshot.publish(client, anonymous, memo)
     assert client.keys("*") == []
+
+
+def test_a_registry_larger_than_max_rows_is_not_shared(client: fakeredis.FakeRedis,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    memo = ParseMemo()
+    registry = synced(memo, [item(s) for s in SYMBOLS])
+    monkeypatch.setattr(snapshot, "MAX_ROWS", len(SYMBOLS) - 1)
+    assert not snapshot.publish(client, registry, memo)
+    assert client.keys("*") == []
+    monkeypatch.setattr(snapshot, "MAX_ROWS", len(SYMBOLS))
+    assert snapshot.publish(client, registry, memo)
+    assert snapshot.load(client, registry.head) is not None
