@@ -26,6 +26,14 @@ CONTRACTS = 60
 DEEP = "[" * 10_000 + "]" * 10_000
 
 
+@pytest.fixture(params=["whole", "in parts"])
+def answer(request: pytest.FixtureRequest, stack: Stack) -> str:
+    """Each answer taken whole, or (in parts) spooled and diffed 16 KiB at a time, about ten contracts a batch."""
+    if request.param == "in parts":
+        stack.env["TOKENWATCH_ANSWER_IN_MEMORY_BYTES"] = "0"
+    return str(request.param)
+
+
 @pytest.fixture
 def sim() -> Iterator[Simulator]:
     with Simulator(port=0, contracts=CONTRACTS, seed=17) as simulator:
@@ -51,7 +59,7 @@ def read_everything(stack: Stack) -> dict[str, Any]:
 
 @pytest.mark.parametrize("path", ["--inline", "worker"])
 def test_hostile_contracts_are_counted_invalid_and_the_rest_is_applied(stack: Stack, sim: Simulator,
-                                                                      path: str) -> None:
+                                                                      path: str, answer: str) -> None:
     stack.env["TOKENWATCH_KUCOIN_URL"] = sim.url
     args = ("--inline",) if path == "--inline" else ()
     if path == "worker":
@@ -100,7 +108,8 @@ def test_a_small_answer_with_one_deep_contract_is_applied_too(stack: Stack) -> N
     assert (outcome["status"], outcome["counts"]["invalid"], outcome["counts"]["active"]) == ("ok", 1, 8)
 
 
-def test_a_symbol_twice_is_ambiguous_its_row_stays_and_nothing_flaps(stack: Stack, sim: Simulator) -> None:
+def test_a_symbol_twice_is_ambiguous_its_row_stays_and_nothing_flaps(stack: Stack, sim: Simulator,
+                                                                     answer: str) -> None:
     stack.env["TOKENWATCH_KUCOIN_URL"] = sim.url
     assert stack.sync("--inline")["status"] == "baseline"
     twice = sim.symbols()[3]
@@ -123,10 +132,11 @@ def test_a_symbol_twice_is_ambiguous_its_row_stays_and_nothing_flaps(stack: Stac
     assert [o["counts"]["invalid"] for o in outcomes] == [2, 2, 2]
     assert events(stack) == []  # no params_changed back and forth, no delisting: it is still listed
     assert stack.query("SELECT * FROM tokens WHERE symbol = ?", twice) == before
-    assert twice in read_everything(stack)
+    assert read_everything(stack)[twice]["maxLeverage"] == sim.contract(twice)["maxLeverage"]  # neither copy
 
 
-def test_a_delisted_symbol_back_twice_stays_delisted_and_out_of_the_cache(stack: Stack, sim: Simulator) -> None:
+def test_a_delisted_symbol_back_twice_stays_delisted_and_out_of_the_cache(stack: Stack, sim: Simulator,
+                                                                         answer: str) -> None:
     stack.env["TOKENWATCH_KUCOIN_URL"] = sim.url
     assert stack.sync("--inline")["status"] == "baseline"
     gone = sim.symbols()[5]
@@ -161,7 +171,7 @@ def test_dates_that_cannot_be_make_no_event_and_no_ten_year_new_listing(stack: S
 
 
 def test_a_mass_status_flip_is_held_once_as_suspect_then_applied_when_seen_again(
-    stack: Stack, sim: Simulator,
+    stack: Stack, sim: Simulator, answer: str,
 ) -> None:
     stack.env["TOKENWATCH_KUCOIN_URL"] = sim.url
     assert stack.sync("--inline")["status"] == "baseline"
@@ -176,6 +186,7 @@ def test_a_mass_status_flip_is_held_once_as_suspect_then_applied_when_seen_again
     assert held.stderr.count("held back until the next sync sees the same") == 1  # one WARNING line
     assert events(stack) == []
     assert {s for (s,) in stack.query("SELECT contract_status FROM tokens")} == {"Open"}
+    assert {contract["status"] for contract in read_everything(stack).values()} == {"Open"}  # the cache too
 
     second = stack.sync("--inline")  # the same change again: real
     assert (second["status"], second["counts"]["status_changed"]) == ("ok", CONTRACTS)
