@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, cast
@@ -46,7 +46,7 @@ class Staging:
         self.ttl_s = ttl_s
         self.started = False
 
-    def add(self, entries: list[tuple[str, Buffer]]) -> None:
+    def add(self, entries: Sequence[tuple[str, Buffer]]) -> None:
         """Stage these entries (symbol, the contract's JSON text), sent a chunk at a time."""
         key, ttl_s, first = self.staged_key, self.ttl_s, not self.started
 

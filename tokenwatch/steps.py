@@ -342,7 +342,7 @@ class _CacheStager:
     def add(self, entries: list[tuple[str, RawJson]]) -> None:
         """Stage a batch's contracts (hot.Staging.add)."""
         if self.staging is not None:
-            self._run(lambda staging: staging.add(entries))  # type: ignore[arg-type]
+            self._run(lambda staging: staging.add(entries))
 
     def finish(self, keep_live: dict[str, bytes], remove: set[str]) -> None:
         """Complete the staged hash (hot.Staging.finish)."""

@@ -575,13 +575,14 @@ SNAPSHOT_PREFIX = b"tokenwatch:registry:"
 
 
 def snapshot_text(payload: bytes) -> bytes:
-    """Every string and number a registry snapshot holds (cache/snapshot.py), its packed values unpacked: the
-    snapshot is binary msgpack, whose framing bytes may equal any one character searched for."""
+    """Every string and number a registry snapshot holds (cache/snapshot.py): the snapshot is binary msgpack,
+    whose framing bytes may equal any one character searched for. Its only bytes are the 16-byte digests of
+    validated values (domain.contracts.fingerprint), which hold no text."""
     leaves: list[str] = []
 
     def walk(item: Any) -> None:
         if isinstance(item, bytes):
-            walk(msgspec.msgpack.decode(item))
+            assert len(item) == 16, "a snapshot holds no bytes but digests"
         elif isinstance(item, list | tuple):
             for child in item:
                 walk(child)
