@@ -349,6 +349,12 @@ class _CacheStager:
         if self.staging is not None:
             self._run(lambda staging: staging.finish(keep_live, remove))
 
+    def discard(self) -> None:
+        """Drop what was staged (the sync ends without a plan); the key would expire by itself."""
+        if self.staging is not None:
+            with contextlib.suppress(redis.RedisError):
+                self.staging.client.unlink(self.staging.staged_key)
+
     def _run(self, stage: Callable[[hot.Staging], None]) -> None:
         assert self.staging is not None
         timer = Timer()
@@ -376,19 +382,23 @@ def _build(ctx: StepContext, state: SyncState, body: handoff.Answer) -> Plan:
     parser = ContractParser(ctx.process.memo, fetched_at)
     stager = _CacheStager(ctx, state)
     batch_bytes = min(BATCH_BYTES, max(settings.answer_in_memory_bytes, MIN_BATCH_BYTES))
-    for batch in _batches(body, batch_bytes):
-        added = parser.add(batch, keep_raw=False)
-        stager.add(added)
-        del added, batch
-    parsed = parser.result()
-    warn_invalid(ctx.process, parsed)
     loading = 0.0
-    if registry is None:
-        load = Timer()
-        registry = load_registry(engine, like=parsed.contracts)
-        loading = load.ms()
-        state.add_time("db_load", loading)
-        _check_newer(fetched_at, registry.head)
+    try:
+        for batch in _batches(body, batch_bytes):
+            added = parser.add(batch, keep_raw=False)
+            stager.add(added)
+            del added, batch
+        parsed = parser.result()
+        warn_invalid(ctx.process, parsed)
+        if registry is None:
+            load = Timer()
+            registry = load_registry(engine, like=parsed.contracts)
+            loading = load.ms()
+            state.add_time("db_load", loading)
+            _check_newer(fetched_at, registry.head)
+    except BaseException:
+        stager.discard()  # an answer cut short, a newer sync applied meanwhile: no plan will use it
+        raise
     missing = missing_symbols(parsed.contracts, registry, parsed.unusable)
     still_listed: list[str] = []
     unconfirmed: list[str] = []

@@ -14,12 +14,15 @@ from typing import Any
 
 import orjson
 import pytest
+import redis
 
-from tests.steps_support import step_context
+from tests.steps_support import run_steps, step_context
 from tokenwatch import steps
+from tokenwatch.cache import keys, lock
 from tokenwatch.errors import BadResponseError, FetchError, TransientFetchError
 from tokenwatch.fetch import kucoin
 from tokenwatch.fetch.kucoin import make_session
+from tokenwatch.fetch.spool import Spool
 from tokenwatch.settings import Settings
 from tokenwatch.steps import StepContext
 from tokenwatch.syncstate import SyncState
@@ -432,3 +435,35 @@ def test_the_cause_of_a_tls_failure_is_named() -> None:
 
     wrapped = requests.exceptions.SSLError(ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number"))
     assert kucoin.cause(wrapped).startswith("TLS failed")
+
+
+# ---- answers too large to hold whole -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("content_length", [None, -1])  # declared, or the body ends when the socket closes
+def test_a_large_answer_is_spooled_to_a_file_and_a_small_one_kept_in_memory(server: LocalServer,
+                                                                            content_length: int | None) -> None:
+    body = json.dumps({"code": "200000", "data": BIG}).encode()
+    server.route(ACTIVE, *[reply(200, body, content_length=content_length)] * 2)
+    large = kucoin.fetch_active(make_session(), server.base_url, timeout_s=TIMEOUT_S, max_bytes=MAX_BYTES,
+                                decode=False, spool_bytes=len(body) - 1)
+    small = kucoin.fetch_active(make_session(), server.base_url, timeout_s=TIMEOUT_S, max_bytes=MAX_BYTES,
+                                decode=False, spool_bytes=len(body))
+    assert isinstance(large.body, Spool) and large.body.spooled
+    assert bytes(large.body.whole()) == body
+    large.body.close()
+    assert isinstance(small.body, bytearray) and small.body == body
+
+
+def test_a_spooled_answer_that_ends_badly_fails_the_sync_and_leaves_no_staged_cache(
+    server: LocalServer, tmp_path: Path, redis_client: redis.Redis,
+) -> None:
+    # Plain head and tail, so the fetch step passes it on; an item cut short near the end: the diff finds out
+    # after it has parsed and staged the batches before.
+    body = json.dumps({"code": "200000", "data": BIG}).encode()[:-2] + b', {"symbol": ]}'
+    server.route(ACTIVE, reply(200, body))
+    settings = Settings(kucoin_url=server.base_url, http_retries=0, http_timeout_s=TIMEOUT_S,
+                        database_url=f"sqlite:///{tmp_path / 'tokens.db'}", answer_in_memory_bytes=0)
+    state = run_steps(step_context(settings, redis_client), SyncState.new(), steps.fetch, steps.diff)
+    assert (state.status, state.error) == ("failed", "staged snapshot holds no contract list")
+    assert redis_client.keys(keys.cache_key("*")) == []
+    assert lock.holder(redis_client) is None
