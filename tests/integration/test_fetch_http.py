@@ -24,6 +24,7 @@ from tokenwatch.fetch import kucoin
 from tokenwatch.fetch.kucoin import make_session
 from tokenwatch.fetch.spool import Spool
 from tokenwatch.settings import Settings
+from tokenwatch.simulator.generator import generate_contracts
 from tokenwatch.steps import StepContext
 from tokenwatch.syncstate import SyncState
 
@@ -459,7 +460,8 @@ def test_a_spooled_answer_that_ends_badly_fails_the_sync_and_leaves_no_staged_ca
 ) -> None:
     # Plain head and tail, so the fetch step passes it on; an item cut short near the end: the diff finds out
     # after it has parsed and staged the batches before.
-    body = json.dumps({"code": "200000", "data": BIG}).encode()[:-2] + b', {"symbol": ]}'
+    valid = generate_contracts(100, seed=2, now_ms=int(time.time() * 1000))
+    body = json.dumps({"code": "200000", "data": valid}).encode()[:-2] + b', {"symbol": ]}'
     server.route(ACTIVE, reply(200, body))
     settings = Settings(kucoin_url=server.base_url, http_retries=0, http_timeout_s=TIMEOUT_S,
                         database_url=f"sqlite:///{tmp_path / 'tokens.db'}", answer_in_memory_bytes=0)
