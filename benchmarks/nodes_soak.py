@@ -592,6 +592,8 @@ def soak(args: argparse.Namespace, database_url: str, redis_url: str, workdir: P
     shared = {"TOKENWATCH_REDIS_URL": redis_url, "TOKENWATCH_DATABASE_URL": database_url,
               "TOKENWATCH_KUCOIN_URL": sim.url, "TOKENWATCH_SYNC_INTERVAL_S": str(args.sync_interval),
               "TOKENWATCH_METRICS_PORT": "0"}
+    if args.answer_in_memory_bytes is not None:
+        shared["TOKENWATCH_ANSWER_IN_MEMORY_BYTES"] = str(args.answer_in_memory_bytes)
     # This process triggers the syncs through the same Celery app as the nodes: it reads the same settings.
     os.environ.update(shared)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("TOKENWATCH_")} | shared
@@ -726,6 +728,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--redis-url", default=None,
                         help="a Redis database to FLUSH and use (default: a private redis-server on a free port)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--answer-in-memory-bytes", type=int, default=None, metavar="N",
+                        help="the nodes' TOKENWATCH_ANSWER_IN_MEMORY_BYTES (0: every answer spooled, diffed in parts)")
     parser.add_argument("--keep", action="store_true", help="keep the database and the nodes' logs")
     parser.add_argument("--json-out", type=Path, default=None, metavar="FILE",
                         help="with --compare-nodes: also write both runs' medians and the verdict to FILE (JSON)")
