@@ -400,9 +400,9 @@ class ParseMemo:
         memo has none of, or for every symbol when they are newer than this memo's: a validation depends on the
         values alone (see parse_contracts)."""
         validated = self.validated
-        for symbol, meta, packed in known:
+        for symbol, meta, digest in known:
             if newer or symbol not in validated:
-                validated[symbol] = (packed, meta)
+                validated[symbol] = (digest, meta)
 
 
 def _fields(item: Any, decode: FieldsDecoder) -> tuple[tuple[Any, ...], RawJson]:
@@ -488,15 +488,15 @@ class ContractParser:
             try:
                 values, raw = _fields(item, self.decode)
                 symbol = values[0]
-                packed = fingerprint(values) if validated is not None else None
+                digest = fingerprint(values) if validated is not None else None
                 known = validated.get(symbol) if validated is not None and type(symbol) is str else None
                 kept = raw if keep_raw else b""
-                if known is not None and packed is not None and known[0] == packed:  # one comparison of bytes
+                if known is not None and digest is not None and known[0] == digest:  # one comparison of bytes
                     contract = Contract(symbol, values[1], known[1], kept)
                     remembered: Validated | None = known
                 else:
                     contract = _validated(symbol, values[1], values[2:], kept, self.now_ms, self.floats)
-                    remembered = (packed, contract.meta) if packed is not None else None
+                    remembered = (digest, contract.meta) if digest is not None else None
             except InvalidContract as exc:
                 self.invalid += 1
                 if len(self.reasons) < self.keep_reasons:
@@ -657,11 +657,10 @@ def contract_batches(parts: Iterable[bytes], batch_bytes: int) -> Iterator[Seque
                 items, end = cut
                 del pending[:end]
                 yield items
+    if started:  # the loop read every part: the rest of the list follows a head of its own
+        pending[:0] = b'{"data":['
     else:
-        if started:
-            pending[:0] = b'{"data":['
-    if not started:
-        pending += b"".join(parts)  # what the loop left unread
+        pending += b"".join(parts)  # what the loop left unread, if it stopped at a head of another shape
     rest = contract_list(pending)
     if rest is None:
         raise ValueError("the answer holds no contract list")

@@ -74,16 +74,17 @@ def _retry_after(response: requests.Response, rate_limited: bool) -> float | Non
 
 def _read_body(response: requests.Response, max_bytes: int, spool_bytes: int) -> Spool:
     declared = response.headers.get("Content-Length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise BadResponseError(f"response of {int(declared)} bytes exceeds the {max_bytes}-byte bound")
+    size = int(declared) if declared is not None and declared.isdigit() else None
+    if size is not None and size > max_bytes:
+        raise BadResponseError(f"response of {size} bytes exceeds the {max_bytes}-byte bound")
     # One buffer grown in place, not parts joined at the end (joining held the answer twice); past spool_bytes,
-    # an unnamed temporary file, so that the largest answers are never held whole in memory.
-    # An answer that says it is larger than the limit goes to the file from its first byte.
-    body = Spool(0 if declared is not None and declared.isdigit() and int(declared) > spool_bytes else spool_bytes)
+    # an unnamed temporary file, so that the largest answers are never held whole in memory. An answer that says
+    # it is larger than the limit goes to the file from its first byte.
+    body = Spool(0 if size is not None and size > spool_bytes else spool_bytes)
     try:
         _read_into(body, response, max_bytes)
-        if declared is not None and declared.isdigit() and body.size < int(declared):
-            raise BadResponseError(f"truncated response body: {body.size} of {declared} bytes")
+        if size is not None and body.size < size:
+            raise BadResponseError(f"truncated response body: {body.size} of {size} bytes")
     except BaseException:
         body.close()
         raise
