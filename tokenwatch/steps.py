@@ -374,7 +374,7 @@ def _build(ctx: StepContext, state: SyncState, body: handoff.Answer) -> Plan:
     timer = Timer()
     engine = ctx.engine()
     head = load_head(engine)
-    registry = ctx.process.trusted_registry(head) or _shared_registry(ctx, head)
+    registry = held_registry(ctx, head)
     state.add_time("db_load", timer.ms())
     fetched_at = state.fetched_at_ms or now_ms()
     _check_newer(fetched_at, head)
@@ -468,11 +468,16 @@ def warn_invalid(process: ProcessState, parsed: ParseResult) -> None:
 
 
 def load_state(ctx: StepContext) -> RegistryState:
-    """The registry to diff against: this process's own when it may be trusted, else the one another process
-    shared for this very head, else one read of the database."""
+    """The registry a diff would take now: held_registry, else one read of the database (the diff step reads
+    it only after its parse, to give the rows the parse's metadata)."""
     engine = ctx.engine()
-    head = load_head(engine)
-    return ctx.process.trusted_registry(head) or _shared_registry(ctx, head) or load_registry(engine)
+    return held_registry(ctx, load_head(engine)) or load_registry(engine)
+
+
+def held_registry(ctx: StepContext, head: RegistryHead) -> RegistryState | None:
+    """The registry at head without reading the database: this process's own when it may be trusted, else the
+    one another process shared for this very head; None when neither is."""
+    return ctx.process.trusted_registry(head) or _shared_registry(ctx, head)
 
 
 def _shared_registry(ctx: StepContext, head: RegistryHead, *, newer: bool = False) -> RegistryState | None:
